@@ -1,0 +1,81 @@
+"""Checkpoints: written atomically, verified on load, loaded with ``weights_only=True``.
+
+``step_0000123.pt`` is written to a temporary file, fsynced and renamed; its sha256 is then written beside it
+(``.sha256``). A checkpoint without a matching digest (a write killed midway) is ignored on resume.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+KEEP = 2
+_NAME = re.compile(r"^step_(\d{7})\.pt$")
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(folder: Path, step: int, state: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step:07d}.pt"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    atomic_write_bytes(path.with_suffix(".sha256"), _digest(path).encode())
+    for old in sorted(checkpoints(folder))[:-KEEP]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".sha256").unlink(missing_ok=True)
+    return path
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("step_*.pt") if _NAME.match(p.name)) if folder.is_dir() else []
+
+
+def verified(path: Path) -> bool:
+    digest = path.with_suffix(".sha256")
+    return digest.exists() and digest.read_text().strip() == _digest(path)
+
+
+def latest(folder: Path) -> Path | None:
+    """The newest checkpoint whose digest matches; damaged or unfinished ones are skipped."""
+    for path in reversed(checkpoints(folder)):
+        if verified(path):
+            return path
+    return None
+
+
+def load(path: Path, map_location="cpu") -> dict:
+    if not verified(path):
+        raise ValueError(f"checkpoint {path} does not match its sha256: it is damaged or was not fully written")
+    return torch.load(path, map_location=map_location, weights_only=True)

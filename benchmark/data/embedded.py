@@ -1,0 +1,260 @@
+"""The embedded default data: training shards and every evaluation set, generated here from a seed.
+
+Layout of a generated folder (webdataset shards, as img2dataset writes them)::
+
+    train-00000.tar ...      {key}.png + {key}.txt            training pairs
+    <task>.tar               {key}.png + {key}.json           one evaluation set per task family
+    <task>.meta.json         class names, templates, answers, subsets
+    manifest.json            generator version, parameters and the sha256 of every file
+
+Same parameters, same bytes. Generated once into a cache folder, atomically (a killed generation leaves
+nothing that looks finished).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from tqdm import tqdm
+
+from benchmark.data import shapes as S
+
+VERSION = 1
+SHARD_SIZE = 5000
+SET_IDS = {"train": 0, "zeroshot_classification": 1, "zeroshot_retrieval": 2, "linear_probe": 3,
+           "compositionality": 4, "vqa": 5}
+ZS_TEMPLATES = ("a {c}", "a small {c}", "a large {c}", "a picture of a {c}")
+SUGARCREPE_SUBSETS = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att", "add_obj", "add_att")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MASKBENCH_CACHE", Path.home() / ".cache" / "maskbench"))
+
+
+def _rng(seed: int, set_name: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, SET_IDS[set_name], index])
+
+
+# ---- evaluation items -------------------------------------------------------------------------------------
+def _zeroshot_item(rng):
+    scene = S.sample_scene(rng, "single")
+    o = scene.objects[0]
+    return scene, {"label": list(S.COLOURS).index(o.colour) * len(S.SHAPES) + S.SHAPES.index(o.shape)}
+
+
+def _probe_item(rng):
+    scene = S.sample_scene(rng, "single")
+    return scene, {"label": S.SHAPES.index(scene.objects[0].shape)}
+
+
+def _other(rng, options, exclude):
+    choices = [o for o in options if o not in exclude]
+    return choices[rng.integers(len(choices))]
+
+
+def _hard_negative(rng, subset: str):
+    """A pair scene, its true caption and a hard negative in SugarCrepe's sense (``subset``)."""
+    while True:
+        scene = S.sample_scene(rng, "pair")
+        a, b = scene.objects
+        rel = scene.relation
+        if subset.startswith("swap") and (a.shape == b.shape if subset == "swap_obj" else a.colour == b.colour):
+            continue
+        break
+    pos = scene.caption()
+    shapes, colours = {a.shape, b.shape}, {a.colour, b.colour}
+
+    def cap(x, r, y, x_colour=True):
+        xs = f"a {x.size} {x.colour + ' ' if x_colour else ''}{x.shape}"
+        return f"{xs} {r} {y.phrase()}"
+
+    if subset == "replace_obj":
+        neg = cap(S.Obj(_other(rng, S.SHAPES, shapes), a.colour, a.size, 0, 0), rel, b)
+    elif subset == "replace_att":
+        neg = cap(S.Obj(a.shape, _other(rng, list(S.COLOURS), colours), a.size, 0, 0), rel, b)
+    elif subset == "replace_rel":
+        horizontal = rel in S.RELATIONS[:2]
+        neg = cap(a, _other(rng, S.RELATIONS[2:] if horizontal else S.RELATIONS[:2], ()), b)
+    elif subset == "swap_obj":
+        neg = cap(S.Obj(b.shape, a.colour, a.size, 0, 0), rel, S.Obj(a.shape, b.colour, b.size, 0, 0))
+    elif subset == "swap_att":
+        neg = cap(S.Obj(a.shape, b.colour, a.size, 0, 0), rel, S.Obj(b.shape, a.colour, b.size, 0, 0))
+    elif subset == "add_obj":
+        extra = S.Obj(_other(rng, S.SHAPES, shapes), _other(rng, list(S.COLOURS), colours), "small", 0, 0)
+        neg = f"{pos} and {extra.phrase(with_size=False)}"
+    elif subset == "add_att":
+        pos = cap(a, rel, b, x_colour=False)
+        neg = cap(S.Obj(a.shape, _other(rng, list(S.COLOURS), colours), a.size, 0, 0), rel, b)
+    else:
+        raise ValueError(subset)
+    return scene, {"subset": subset, "positive": pos, "negative": neg}
+
+
+def _vqa_questions(rng, scene: S.Scene) -> list[dict]:
+    qs = []
+    if scene.kind == "pair":
+        a, b = scene.objects
+        if a.colour != b.colour:
+            qs.append((f"what shape is the {a.colour} object", a.shape))
+        if a.shape != b.shape:
+            qs.append((f"what colour is the {a.shape}", a.colour))
+        qs.append((f"what size is the {b.colour} {b.shape}", b.size))
+        qs.append((f"what shape is {scene.relation} the {b.colour} {b.shape}", a.shape))
+        if rng.random() < 0.5:
+            qs.append((f"is the {a.colour} {a.shape} {scene.relation} the {b.colour} {b.shape}", "yes"))
+        else:
+            wrong = _other(rng, S.RELATIONS, (scene.relation,))
+            qs.append((f"is the {a.colour} {a.shape} {wrong} the {b.colour} {b.shape}", "no"))
+        qs.append(("how many objects are there", "two"))
+    elif scene.kind == "count":
+        o = scene.objects[0]
+        qs.append((f"how many {o.colour} {o.shape}s are there", S.NUMBERS[len(scene.objects)]))
+        qs.append(("what shape are the objects", o.shape))
+    else:
+        o = scene.objects[0]
+        qs += [("what shape is the object", o.shape), ("what colour is the object", o.colour),
+               ("how many objects are there", "one"), ("what size is the object", o.size)]
+    order = rng.permutation(len(qs))[:3]
+    return [{"question": qs[i][0], "answer": qs[i][1]} for i in order]
+
+
+def vqa_answers() -> list[str]:
+    return sorted(set(S.SHAPES) | set(S.COLOURS) | set(S.SIZES) | {"yes", "no"} | set(S.NUMBERS.values()))
+
+
+# ---- writing ----------------------------------------------------------------------------------------------
+def _eval_items(name: str, n: int, seed: int):
+    """(key, scene, meta) for evaluation set ``name``; the rng of item i depends on (seed, set, i) only."""
+    seen: set[str] = set()
+    i = 0
+    count = {"linear_probe": 3 * n, "vqa": 2 * n, "compositionality": len(SUGARCREPE_SUBSETS) * max(1, n // 4)}.get(name, n)
+    produced = 0
+    while produced < count:
+        rng = _rng(seed, name, i)
+        i += 1
+        if name == "zeroshot_classification":
+            scene, meta = _zeroshot_item(rng)
+        elif name == "zeroshot_retrieval":
+            scene = S.sample_scene(rng)
+            if scene.caption() in seen:        # clip_benchmark matches captions by index: keep them distinct
+                continue
+            seen.add(scene.caption())
+            meta = {"captions": [scene.caption()]}
+        elif name == "linear_probe":
+            scene, meta = _probe_item(rng)
+            meta["split"] = "train" if produced < 2 * n else "test"
+        elif name == "compositionality":
+            scene, meta = _hard_negative(rng, SUGARCREPE_SUBSETS[produced % len(SUGARCREPE_SUBSETS)])
+        elif name == "vqa":
+            scene = S.sample_scene(rng)
+            meta = {"questions": _vqa_questions(rng, scene), "split": "train" if produced % 4 else "test"}
+        else:
+            raise ValueError(name)
+        yield f"{produced:07d}", scene, rng, meta
+        produced += 1
+
+
+def _set_meta(name: str) -> dict:
+    classnames = [f"{c} {s}" for c in S.COLOURS for s in S.SHAPES]
+    return {
+        "zeroshot_classification": {"classnames": classnames, "templates": list(ZS_TEMPLATES),
+                                    "chance": 1 / len(classnames), "colour_only": 1 / len(S.SHAPES)},
+        "zeroshot_retrieval": {},
+        "linear_probe": {"classnames": list(S.SHAPES), "chance": 1 / len(S.SHAPES)},
+        "compositionality": {"subsets": list(SUGARCREPE_SUBSETS), "chance": 0.5},
+        "vqa": {"answers": vqa_answers()},
+    }[name]
+
+
+def _writer(path: Path):
+    return wds.TarWriter(str(path), mtime=0.0)   # fixed mtime: same seed, same bytes
+
+
+def _write_train_shard(out: Path, shard: int, image_size: int, train_size: int, seed: int) -> int:
+    n = 0
+    with _writer(out / f"train-{shard:05d}.tar") as w:
+        for i in range(shard * SHARD_SIZE, min(train_size, (shard + 1) * SHARD_SIZE)):
+            rng = _rng(seed, "train", i)
+            scene = S.sample_scene(rng)
+            w.write({"__key__": f"{i:07d}", "png": S.png_bytes(S.render(scene, image_size, rng)),
+                     "txt": scene.caption().encode()})
+            n += 1
+    return n
+
+
+def _write_eval_set(out: Path, name: str, image_size: int, eval_size: int, seed: int) -> int:
+    n = 0
+    with _writer(out / f"{name}.tar") as w:
+        for key, scene, rng, meta in _eval_items(name, eval_size, seed):
+            w.write({"__key__": key, "png": S.png_bytes(S.render(scene, image_size, rng)),
+                     "json": json.dumps(meta, sort_keys=True).encode()})
+            n += 1
+    (out / f"{name}.meta.json").write_text(json.dumps(_set_meta(name), indent=1, sort_keys=True))
+    return n
+
+
+def generate(out: Path, image_size: int, train_size: int, eval_size: int, seed: int = 0,
+             workers: int | None = None) -> None:
+    """Write every file; files are independent, so they are written in parallel processes."""
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(_write_train_shard, (out, s, image_size, train_size, seed))
+            for s in range(max(1, -(-train_size // SHARD_SIZE)))]
+    jobs += [(_write_eval_set, (out, name, image_size, eval_size, seed)) for name in SET_IDS if name != "train"]
+    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    with tqdm(total=len(jobs), desc="generating embedded data", unit="file") as bar:
+        if workers == 1:
+            for fn, args in jobs:
+                fn(*args)
+                bar.update()
+            return
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            for fut in as_completed([pool.submit(fn, *args) for fn, args in jobs]):
+                fut.result()
+                bar.update()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def ensure(image_size: int, train_size: int, eval_size: int, seed: int = 0, root: Path | None = None) -> Path:
+    """The folder holding this embedded dataset, generating it first if it is not cached."""
+    root = Path(root or cache_root() / "embedded")
+    name = f"v{VERSION}-px{image_size}-train{train_size}-eval{eval_size}-seed{seed}"
+    final = root / name
+    if (final / "manifest.json").exists():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        generate(tmp, image_size, train_size, eval_size, seed)
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        manifest = {"version": VERSION, "image_size": image_size, "train_size": train_size,
+                    "eval_size": eval_size, "seed": seed, "files": files}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        try:
+            os.rename(tmp, final)
+        except OSError:            # another process finished first: keep theirs
+            if not (final / "manifest.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def fingerprint(folder: Path) -> str:
+    """A short hash of the dataset's manifest: results record which bytes they came from."""
+    return hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()[:16]

@@ -1,0 +1,145 @@
+"""Training data for the trainer: a deterministic batch for every step.
+
+The batch of step ``t`` is a pure function of (seed, t): the sample stream is the concatenation of one seeded
+permutation of the dataset per epoch (resampling, so a run of any length is defined). A resumed run therefore
+continues with exactly the batches it would have seen. Images are held in memory as uint8 and normalised on
+the model's device; captions are tokenised once and cached beside the data.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+
+from benchmark.data import embedded
+from benchmark.data.readers import read_pairs_from_csv, read_pairs_from_shards
+from benchmark.errors import UserError
+from benchmark.scales import Scale
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def tokenizer(context_length: int) -> open_clip.SimpleTokenizer:
+    return open_clip.SimpleTokenizer(context_length=context_length)
+
+
+def tokenize_cached(captions: list[str], context_length: int, cache_dir: Path | None) -> torch.Tensor:
+    """Tokens [N, L] of ``captions``; cached as .npy in ``cache_dir`` keyed by the captions' hash."""
+    key = hashlib.sha256(("\n".join(captions) + f"|{context_length}").encode()).hexdigest()[:16]
+    path = cache_dir / f"tokens-{key}.npy" if cache_dir else None
+    if path is not None and path.exists():
+        return torch.from_numpy(np.load(path))
+    tokens = tokenizer(context_length)(captions)
+    if path is not None:
+        _atomic_save(path, lambda f: np.save(f, tokens.numpy()))
+    return tokens
+
+
+def normalize_images(images_u8: torch.Tensor, device, dtype=torch.float32) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> normalised float on ``device`` (open_clip's OpenAI mean/std)."""
+    x = images_u8.to(device, non_blocking=True).to(dtype).div_(255)
+    mean = torch.tensor(OPENAI_MEAN, device=device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_STD, device=device, dtype=dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class InMemoryPairs:
+    """Image-caption pairs in memory, served as deterministic per-step batches."""
+
+    def __init__(self, images: np.ndarray, tokens: torch.Tensor, fingerprint: str, augment: bool = False):
+        self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # [N,3,H,W] uint8
+        self.tokens = tokens
+        self.fingerprint = fingerprint
+        self.augment = augment
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def _perm(self, seed: int, epoch: int) -> np.ndarray:
+        if (seed, epoch) not in self._perms:
+            self._perms = {(seed, epoch): np.random.default_rng([seed, epoch]).permutation(len(self))}
+        return self._perms[(seed, epoch)]
+
+    def indices(self, step: int, batch_size: int, seed: int) -> np.ndarray:
+        start = step * batch_size
+        pos = np.arange(start, start + batch_size)
+        epochs, offsets = pos // len(self), pos % len(self)
+        out = np.empty(batch_size, dtype=np.int64)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            out[sel] = self._perm(seed, int(e))[offsets[sel]]
+        return out
+
+    def batch(self, step: int, batch_size: int, seed: int, device, rank: int = 0, world_size: int = 1) -> dict:
+        """The global batch of ``step``; with several processes, this rank's contiguous slice of it."""
+        idx = self.indices(step, batch_size, seed)
+        per = batch_size // world_size
+        idx = torch.from_numpy(idx[rank * per:(rank + 1) * per])
+        images = self.images[idx]
+        if self.augment:
+            images = _random_resized_crop(images, np.random.default_rng([seed, step, rank]))
+        return {"images": normalize_images(images, device), "texts": self.tokens[idx].to(device),
+                "indices": idx}
+
+
+def _atomic_save(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def _decoded_cached(folder: Path, size: int) -> tuple[np.ndarray, list[str]]:
+    """Decoding 30k PNGs takes ~15 s here; the decoded uint8 array is cached beside the shards."""
+    arr, caps = folder / f"train-decoded-px{size}.npy", folder / "train-captions.json"
+    if arr.exists() and caps.exists():
+        return np.load(arr), json.loads(caps.read_text())
+    urls = sorted(str(p) for p in folder.glob("train-*.tar"))
+    images, captions, _ = read_pairs_from_shards(urls, size)
+    _atomic_save(arr, lambda f: np.save(f, images))
+    _atomic_save(caps, lambda f: f.write(json.dumps(captions).encode()))
+    return images, captions
+
+
+def _random_resized_crop(images: torch.Tensor, rng: np.random.Generator, scale=(0.9, 1.0)) -> torch.Tensor:
+    """open_clip's training augmentation RandomResizedCrop(scale 0.9-1.0), seeded by (seed, step)."""
+    b, _, h, w = images.shape
+    out = torch.empty_like(images)
+    for i in range(b):
+        area = rng.uniform(*scale)
+        ch, cw = max(1, int(round(h * area ** 0.5))), max(1, int(round(w * area ** 0.5)))
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        crop = images[i:i + 1, :, y:y + ch, x:x + cw].float()
+        out[i] = torch.nn.functional.interpolate(crop, size=(h, w), mode="bicubic", align_corners=False) \
+            .round().clamp(0, 255).to(images.dtype)[0]
+    return out
+
+
+def load_training_data(scale: Scale, data_override: str | None = None) -> InMemoryPairs:
+    """The scale's training pairs. Embedded data is generated (or taken from the cache) first."""
+    spec = scale.data
+    path = data_override or spec.path
+    if spec.kind == "embedded" and not data_override:
+        folder = embedded.ensure(scale.image_size, spec.train_size, spec.eval_size)
+        images, captions = _decoded_cached(folder, scale.image_size)
+        tokens = tokenize_cached(captions, scale.context_length, folder)
+        return InMemoryPairs(images, tokens, embedded.fingerprint(folder), augment=spec.augment)
+    if path.endswith(".csv"):
+        images, captions = read_pairs_from_csv(path, scale.image_size)
+    else:
+        import braceexpand
+        urls = [u for pattern in path.split("::") for u in braceexpand.braceexpand(pattern)]
+        if not urls:
+            raise UserError(f"data path {path!r} names no shards")
+        images, captions, _ = read_pairs_from_shards(urls, scale.image_size)
+    tokens = tokenize_cached(captions, scale.context_length, None)
+    fp = hashlib.sha256(("\n".join(captions)).encode() + images.tobytes()[:1 << 20]).hexdigest()[:16]
+    return InMemoryPairs(images, tokens, fp, augment=spec.augment)

@@ -1,0 +1,22 @@
+"""Zero-shot retrieval: image->text and text->image R@1/5/10 with clip_benchmark's function."""
+from __future__ import annotations
+
+from clip_benchmark.datasets.builder import image_captions_collate_fn
+from clip_benchmark.metrics import zeroshot_retrieval as cb
+
+from benchmark.evaluation.features import Encoder, FeatureDataset, loader
+from benchmark.evaluation.sets import EvalSet
+
+TASK = "zeroshot_retrieval"
+MAIN_METRIC = "image_retrieval_recall@1"
+RECALL_K = [1, 5, 10]
+
+
+def evaluate_set(encoder: Encoder, s: EvalSet) -> dict:
+    captions = [it["captions"] for it in s.items]
+    encoder.texts([c for cs in captions for c in cs])
+    feats = encoder.images(s.name, s.images)
+    metrics = cb.evaluate(encoder.feature_model(), loader(FeatureDataset(feats, captions), image_captions_collate_fn),
+                          encoder.tokenizer, device="cpu", amp=False, recall_k_list=RECALL_K)
+    return {"dataset": s.name, "metrics": metrics, "main_metric": MAIN_METRIC,
+            "chance": 1 / len(s.items)}

@@ -1,0 +1,61 @@
+"""Compute accounting: FLOPs of one real training step, counted, never declared (DESIGN §4).
+
+The step (forward, every loss, backward) runs once under ``torch.utils.flop_counter.FlopCounterMode`` on a copy
+of the method, so the run itself is untouched. Attention is counted by forcing the SDPA math backend: the
+fused CPU kernel has no FLOP formula and would silently be left out (shared/notes/stack.md §4).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def _rng_state(device):
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None)
+
+
+def _set_rng_state(state, device):
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def count_step_flops(method, batch: dict, progress: float) -> int:
+    """Forward + backward FLOPs of one training step of ``method`` on ``batch`` (all passes it really does)."""
+    device = batch["images"].device
+    rng = _rng_state(device)
+    probe = copy.deepcopy(method)
+    probe.train()
+    try:
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            losses = probe(batch, progress)
+            losses["loss"].backward()
+        return int(counter.get_total_flops())
+    finally:
+        del probe
+        _set_rng_state(rng, device)
+
+
+def reference_clip_flops(clip, batch: dict, clip_loss) -> int:
+    """FLOPs of one plain CLIP step (full image, one text pass, ClipLoss): the unit of the compute budget."""
+    import torch.nn.functional as F
+    probe = copy.deepcopy(clip).train()
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        img = F.normalize(probe.encode_image(batch["images"]), dim=-1)
+        txt = F.normalize(probe.encode_text(batch["texts"]), dim=-1)
+        clip_loss(img, txt, probe.logit_scale.exp()).backward()
+    return int(counter.get_total_flops())
+
+
+def plan_steps(match: str, scale, reference_flops: int, phase_flops: list[tuple[float, int]]) -> int:
+    """Steps of a run. ``samples``: the scale's samples / batch (the papers' protocol). ``flops``: as many steps
+    as fit the FLOPs the CLIP reference spends on those samples, given the per-step cost of each phase."""
+    reference_steps = scale.samples // scale.batch_size
+    if match == "samples":
+        return reference_steps
+    per_step = sum(frac * f for frac, f in phase_flops)
+    return max(1, math.floor(reference_steps * reference_flops / per_step))

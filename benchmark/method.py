@@ -1,0 +1,106 @@
+"""The method contract (DESIGN §3).
+
+A method folder ``methods/<name>/method.py`` holds one subclass of ``Method``. The harness builds it from the
+scale's open_clip CLIP model and the method's config, and owns everything else (data, optimizer, schedule,
+precision, distributed setup, compute budget, checkpoints, evaluation). A method overrides only the hooks
+its paper changes, as in solo-learn's base class:
+
+- ``training_step(batch, progress)``  named loss tensors, including the total ``loss`` (required);
+- ``after_optimizer_step(progress)``  EMA updates; the base clamps the logit scale (open_clip semantics);
+- ``encode_image`` / ``encode_text``  normalised embeddings of the full image, for evaluation;
+- ``export()``                         the evaluable open_clip CLIP state dict, teachers and decoders stripped;
+- ``requires(cfg)``                    runs that must finish first (UTA's teacher);
+- ``phases()``                         parts of training whose per-step cost differs (FLIP's unmasked tuning);
+- ``stats()``                          realised mask ratio and other statistics for the log.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss
+from torch import nn
+
+from benchmark.scales import Scale
+
+
+@dataclass
+class Context:
+    """What the harness tells a method about the run it is part of."""
+
+    scale: Scale
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    results_root: Path | None = None   # where finished runs of this benchmark live (teachers)
+
+
+class Method(nn.Module):
+    paper: ClassVar[str] = ""      # short citation shown by `benchmark list`
+    summary: ClassVar[str] = ""    # one line: what the method changes
+
+    def __init__(self, clip: open_clip.CLIP, cfg: dict, ctx: Context):
+        super().__init__()
+        self.clip = clip
+        self.cfg = dict(cfg)
+        self.ctx = ctx
+        # open_clip's ClipLoss with local loss and gathered features (gradients equal the global-batch InfoNCE).
+        self.clip_loss = ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=False,
+                                  rank=ctx.rank, world_size=ctx.world_size)
+        self._stats: dict[str, float] = {}
+
+    # ---- hooks a method overrides -------------------------------------------------------------------------
+    def training_step(self, batch: dict, progress: float) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @classmethod
+    def requires(cls, cfg: dict) -> list[str]:
+        """Names of methods whose run (same scale and seed) must finish before this one starts."""
+        return []
+
+    def phases(self) -> list[tuple[float, float]]:
+        """(fraction of steps, a progress value inside that part). The harness counts FLOPs once per phase."""
+        return [(1.0, 0.0)]
+
+    @torch.no_grad()
+    def after_optimizer_step(self, progress: float) -> None:
+        self.clip.logit_scale.clamp_(0, math.log(100))   # clip_flip.md §1.2
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.clip.encode_image(images), dim=-1)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.clip.encode_text(tokens), dim=-1)
+
+    def export(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.clip.state_dict().items()}
+
+    def stats(self) -> dict[str, float]:
+        return dict(self._stats)
+
+    # ---- helpers for subclasses ---------------------------------------------------------------------------
+    def forward(self, batch: dict, progress: float) -> dict[str, torch.Tensor]:
+        # DDP wraps the method; calling it runs the training step so gradients are synchronised.
+        return self.training_step(batch, progress)
+
+    def contrastive(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """Symmetric InfoNCE on L2-normalised features with the learnable temperature (open_clip ClipLoss)."""
+        return self.clip_loss(F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1),
+                              self.clip.logit_scale.exp())
+
+    def record(self, **values: float) -> None:
+        self._stats.update({k: float(v) for k, v in values.items()})
+
+    @property
+    def visual(self):
+        return self.clip.visual
+
+    @property
+    def n_patches(self) -> int:
+        return self.ctx.scale.patch_grid ** 2

@@ -1,0 +1,86 @@
+"""Results layout (DESIGN §6; issue #2 item 11)::
+
+    results/<scale>/<method>/seed<k>/
+        config.json     what the run is (method config, scale, match, data fingerprint, code version)
+        train.jsonl     training log (losses, lr, method statistics; periodic evaluations)
+        checkpoints/    step_*.pt (+ .sha256)
+        model.pt        the exported open_clip CLIP state dict
+        metrics.json    compute (steps, samples, FLOPs, wall time, images/s) and the main metric per task
+        evals/<task>.json   clip_benchmark's keys (dataset, model, task, metrics) + run identity and compute
+        error.json      present when the run failed: the error and its traceback
+    results/<scale>/results.csv   one tidy table over every run (one row per run, task, dataset, metric)
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark import REPO_ROOT
+from benchmark.checkpoint import atomic_write_bytes
+
+CSV_COLUMNS = ["scale", "method", "seed", "task", "dataset", "metric", "value", "main", "chance",
+               "steps", "samples_seen", "train_flops", "flops_per_step", "wall_time_s", "images_per_s",
+               "config_hash", "code_version"]
+
+
+def run_dir(results: Path, scale: str, method: str, seed: int) -> Path:
+    return Path(results) / scale / method / f"seed{seed}"
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, default=_jsonable) + "\n").encode())
+
+
+def _jsonable(x):
+    if isinstance(x, tuple):
+        return list(x)
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def code_version() -> str:
+    """The git commit of the harness (with ``+dirty`` when the tree has uncommitted changes)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (commit or "unknown") + ("+dirty" if commit and dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def rebuild_csv(results: Path, scale: str) -> Path:
+    """Rewrite ``results/<scale>/results.csv`` from every run's eval JSONs (never appends, so never mixes)."""
+    root = Path(results) / scale
+    rows = []
+    for ev in sorted(root.glob("*/seed*/evals/*.json")):
+        r = read_json(ev)
+        if "metrics" not in r:
+            continue
+        run, comp = r.get("run", {}), r.get("compute", {})
+        for metric, value in r["metrics"].items():
+            if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+                rows.append({
+                    "scale": scale, "method": run.get("method"), "seed": run.get("seed"), "task": r["task"],
+                    "dataset": r["dataset"], "metric": metric, "value": value,
+                    "main": metric == r.get("main_metric"), "chance": r.get("chance"),
+                    "steps": comp.get("steps"), "samples_seen": comp.get("samples_seen"),
+                    "train_flops": comp.get("train_flops"), "flops_per_step": comp.get("flops_per_step"),
+                    "wall_time_s": comp.get("wall_time_s"), "images_per_s": comp.get("images_per_s"),
+                    "config_hash": run.get("config_hash"), "code_version": run.get("code_version")})
+    df = pd.DataFrame(rows, columns=CSV_COLUMNS)
+    path = root / "results.csv"
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, df.to_csv(index=False).encode())
+    return path

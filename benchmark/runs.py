@@ -1,0 +1,228 @@
+"""One run = one (method, scale, seed): train at matched compute, export, evaluate, record.
+
+``execute(spec)`` is the job every launcher runs (in-process, submitit local, Slurm). It is idempotent: a run
+with metrics is skipped, a run with checkpoints resumes, a run folder written by another config is refused.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import open_clip
+import torch
+
+from benchmark import discovery, flops
+from benchmark.data.train_data import load_training_data
+from benchmark.errors import RunFailed, UserError
+from benchmark.evaluation import suite
+from benchmark.method import Context
+from benchmark.results import code_version, read_json, rebuild_csv, run_dir, write_json
+from benchmark.scales import get_scale
+from benchmark.train import TrainPlan, train
+
+
+@dataclass
+class RunSpec:
+    method: str
+    seed: int
+    scale: str = "pocket"
+    results: str = "results"
+    match: str = "flops"
+    overrides: dict = field(default_factory=dict)
+    force: bool = False
+    data: str | None = None            # training data override (shards or CSV)
+    dataset_root: str | None = None    # real evaluation datasets
+    methods_dir: str | None = None
+
+    @property
+    def dir(self) -> Path:
+        return run_dir(Path(self.results), self.scale, self.method, self.seed)
+
+    def label(self) -> str:
+        return f"{self.scale}/{self.method}/seed{self.seed}"
+
+
+def _info(spec: RunSpec):
+    return discovery.resolve([spec.method], Path(spec.methods_dir) if spec.methods_dir else None)[0]
+
+
+def identity(spec: RunSpec) -> dict:
+    """Everything that determines a run's numbers; its hash guards the run folder against mixing."""
+    scale = get_scale(spec.scale)
+    info = _info(spec)
+    return {"method": spec.method, "seed": spec.seed, "scale": scale.to_dict(), "match": spec.match,
+            "method_config": info.config(spec.scale, spec.overrides.get(spec.method, {})),
+            "data": spec.data, "dataset_root": spec.dataset_root}
+
+
+def config_hash(ident: dict) -> str:
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_clip(scale, seed: int) -> open_clip.CLIP:
+    torch.manual_seed(seed)
+    return open_clip.CLIP(**scale.model)
+
+
+@contextmanager
+def run_lock(folder: Path):
+    """One writer per run folder: a second ``run`` on the same run fails fast instead of interleaving."""
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise UserError(f"run {folder} is being written by another process; wait for it or use another "
+                        "--results folder") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def check_config(spec: RunSpec, ident: dict) -> None:
+    """Refuse a run folder that holds a different config (never mix two configs' checkpoints or numbers)."""
+    path = spec.dir / "config.json"
+    if path.exists() and not spec.force:
+        old = read_json(path)
+        if old.get("config_hash") != config_hash(ident):
+            changed = sorted(k for k in ident if json.dumps(old.get("identity", {}).get(k), sort_keys=True,
+                                                            default=str) != json.dumps(ident[k], sort_keys=True,
+                                                                                       default=str))
+            raise UserError(f"{spec.dir} holds a run with a different config (differs in: {', '.join(changed)}); "
+                            "use another --results folder, or --force to discard it")
+
+
+def device_for_run() -> torch.device:
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() \
+        else torch.device("cpu")
+
+
+def execute(spec: RunSpec, progress_bar: bool = True) -> dict:
+    """Train (or resume), evaluate and record one run. Returns its metrics.json content."""
+    scale = get_scale(spec.scale)
+    ident = identity(spec)
+    with run_lock(spec.dir):
+        check_config(spec, ident)
+        if spec.force:
+            for name in ("checkpoints", "evals", "metrics.json", "train.jsonl", "model.pt", "error.json"):
+                p = spec.dir / name
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        metrics_path = spec.dir / "metrics.json"
+        if metrics_path.exists():
+            return read_json(metrics_path)
+        write_json(spec.dir / "config.json", {"config_hash": config_hash(ident), "identity": ident,
+                                              "code_version": code_version(), "torch": torch.__version__,
+                                              "open_clip": open_clip.__version__})
+        (spec.dir / "error.json").unlink(missing_ok=True)
+        try:
+            metrics = _train_and_evaluate(spec, scale, ident, progress_bar)
+        except UserError:
+            raise
+        except Exception as e:
+            write_json(spec.dir / "error.json", {"error": f"{type(e).__name__}: {e}",
+                                                 "traceback": traceback.format_exc(), "time": time.time()})
+            raise RunFailed(f"{spec.label()} failed: {type(e).__name__}: {e} (details in {spec.dir}/error.json)") \
+                from e
+        return metrics
+
+
+def _train_and_evaluate(spec: RunSpec, scale, ident: dict, progress_bar: bool) -> dict:
+    device = device_for_run()
+    info = _info(spec)
+    data = load_training_data(scale, spec.data)
+    clip = build_clip(scale, spec.seed)
+    ctx = Context(scale=scale, device=device, seed=spec.seed, results_root=Path(spec.results))
+    method = info.cls(clip, ident["method_config"], ctx).to(device)
+    torch.manual_seed(spec.seed)                       # masks: a function of the seed alone
+
+    # Matched compute: FLOPs of a real step of this method, per phase, against the CLIP reference step.
+    batch0 = data.batch(0, scale.batch_size, spec.seed, device)
+    reference = flops.reference_clip_flops(method.clip, batch0, method.clip_loss)
+    phases = [(frac, flops.count_step_flops(method, batch0, p)) for frac, p in method.phases()]
+    steps = flops.plan_steps(spec.match, scale, reference, [(f, c) for f, c in phases])
+    per_step = sum(f * c for f, c in phases)
+    eval_every = scale.eval_every_samples // scale.batch_size if scale.eval_every_samples else 0
+    plan = TrainPlan(steps=steps, batch_size=scale.batch_size, seed=spec.seed, optim=scale.optim,
+                     checkpoint_every=scale.checkpoint_every, eval_every_steps=eval_every, flops_per_step=per_step)
+    state = train(method, method, data, plan, spec.dir, device,
+                  periodic_eval=suite.zero_shot_probe(scale, device) if eval_every else None,
+                  progress_bar=progress_bar)
+
+    compute = {"steps": steps, "samples_seen": steps * scale.batch_size, "train_flops": per_step * steps,
+               "flops_per_step": per_step, "phase_flops_per_step": [list(p) for p in phases],
+               "reference_clip_flops_per_step": reference, "reference_steps": scale.samples // scale.batch_size,
+               "budget_flops": reference * (scale.samples // scale.batch_size), "match": spec.match,
+               "wall_time_s": round(state.wall_time_s, 3),
+               "images_per_s": round(steps * scale.batch_size / max(state.wall_time_s, 1e-9), 2)}
+    compute.update(getattr(method, "extra_compute", lambda: {})())
+    torch.save(method.export(), spec.dir / "model.pt")
+    metrics = {"method": spec.method, "seed": spec.seed, "scale": spec.scale, "config_hash": config_hash(ident),
+               "compute": compute, "history": state.history, "stats": method.stats()}
+    metrics["evals"] = evaluate_run(spec, scale, ident, compute, device)
+    write_json(spec.dir / "metrics.json", metrics)
+    rebuild_csv(Path(spec.results), spec.scale)
+    return metrics
+
+
+def load_exported(spec: RunSpec, scale, device) -> open_clip.CLIP:
+    """The exported model, loaded strictly into a fresh open_clip CLIP (what every evaluation uses)."""
+    model = open_clip.CLIP(**scale.model)
+    model.load_state_dict(torch.load(spec.dir / "model.pt", map_location="cpu", weights_only=True), strict=True)
+    return model.to(device).eval()
+
+
+def evaluate_run(spec: RunSpec, scale, ident: dict, compute: dict, device) -> dict:
+    """Evaluate the exported model on the scale's suite; one JSON per (run, task[, dataset])."""
+    t0 = time.perf_counter()
+    model = load_exported(spec, scale, device)
+    results = suite.evaluate(model, scale, scale.eval_suite, device, spec.dataset_root)
+    run_meta = {"method": spec.method, "seed": spec.seed, "scale": spec.scale, "config_hash": config_hash(ident),
+                "code_version": code_version(), "run_dir": str(spec.dir)}
+    evals_dir = spec.dir / "evals"
+    shutil.rmtree(evals_dir, ignore_errors=True)
+    summary = {}
+    for task, res in results.items():
+        if isinstance(res, dict):                      # the task could not run
+            write_json(evals_dir / f"{task}.json", {"task": task, "run": run_meta, **res})
+            summary[task] = {"error": res["error"]}
+            continue
+        for i, r in enumerate(res):
+            name = f"{task}.json" if len(res) == 1 else f"{task}.{r['dataset'].replace('/', '_')}.json"
+            write_json(evals_dir / name, {"dataset": r["dataset"], "model": spec.method,
+                                          "pretrained": str(spec.dir / "model.pt"), "task": task,
+                                          "language": "en", "metrics": r["metrics"],
+                                          "main_metric": r["main_metric"], "chance": r.get("chance"),
+                                          "notes": r.get("notes", {}), "run": run_meta, "compute": compute})
+            summary.setdefault(task, {})[r["dataset"]] = r["metrics"][r["main_metric"]]
+    summary["eval_time_s"] = round(time.perf_counter() - t0, 3)
+    return summary
+
+
+def reevaluate(spec: RunSpec) -> dict:
+    """``benchmark eval``: evaluate a finished run's exported model again, without retraining."""
+    scale = get_scale(spec.scale)
+    ident = identity(spec)
+    with run_lock(spec.dir):
+        if not (spec.dir / "metrics.json").exists() or not (spec.dir / "model.pt").exists():
+            raise UserError(f"{spec.dir} has no finished run to evaluate; train it first with `benchmark run`")
+        check_config(spec, ident)
+        metrics = read_json(spec.dir / "metrics.json")
+        metrics["evals"] = evaluate_run(spec, scale, ident, metrics["compute"], device_for_run())
+        write_json(spec.dir / "metrics.json", metrics)
+        rebuild_csv(Path(spec.results), spec.scale)
+        return metrics
+
+
+def spec_dict(spec: RunSpec) -> dict:
+    return asdict(spec)

@@ -1,0 +1,169 @@
+"""Scales: everything that must be identical across methods (DESIGN §4).
+
+A scale fixes the model, image size, global batch, optimizer, schedule, compute budget, training data and
+evaluation suite. Methods may not change any of it. The compute budget is stated as the samples a plain
+CLIP run sees (the papers' protocol); under ``--match flops`` it becomes the FLOPs of that CLIP run.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from benchmark.errors import UserError
+
+
+@dataclass(frozen=True)
+class Optim:
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float] = (0.9, 0.98)   # open_clip ViT defaults (clip_flip.md §1.4)
+    eps: float = 1e-6
+    warmup_samples: int = 0                    # linear warmup, then cosine to 0
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class Data:
+    kind: str                      # "embedded" (generated here), "webdataset" or "csv"
+    train_size: int = 0            # embedded: training pairs to generate
+    eval_size: int = 0             # embedded: items per evaluation set
+    path: str = ""                 # webdataset: brace pattern of shards; csv: file with path,caption
+    dataset_root: str = ""         # real evaluation datasets (clip_benchmark layouts)
+    augment: bool = False          # RandomResizedCrop(0.9-1.0) as open_clip trains
+
+
+@dataclass(frozen=True)
+class Resources:
+    gpus_per_node: int = 0
+    nodes: int = 1
+    cpus_per_task: int = 2
+    mem_gb: int = 8
+    time_min: int = 60
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    model: dict                    # open_clip.CLIP kwargs: embed_dim, vision_cfg, text_cfg
+    batch_size: int                # global batch
+    samples: int                   # samples seen by the CLIP reference run = the compute budget
+    optim: Optim
+    data: Data
+    eval_suite: tuple[str, ...]
+    checkpoint_every: int = 200    # steps
+    eval_every_samples: int = 0    # periodic zero-shot evaluation during training (0 = off)
+    resources: Resources = field(default_factory=Resources)
+    runs_here: bool = True         # False: defined for the cluster only
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model["vision_cfg"]["image_size"])
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model["text_cfg"]["context_length"])
+
+    @property
+    def patch_grid(self) -> int:
+        return self.image_size // int(self.model["vision_cfg"]["patch_size"])
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _tiny_model(image_size: int, patch: int, width: int, layers: int, text_width: int, text_layers: int,
+                embed_dim: int, context: int) -> dict:
+    return dict(
+        embed_dim=embed_dim,
+        vision_cfg=dict(image_size=image_size, patch_size=patch, width=width, layers=layers,
+                        head_width=32, mlp_ratio=4.0),
+        text_cfg=dict(context_length=context, width=text_width, heads=max(1, text_width // 32),
+                      layers=text_layers),
+    )
+
+
+# ViT-B/16 as open_clip's "ViT-B-16" config (FLIP Table 9 B/16: embed 512, 12L/768/12H, text 12L/512/8H).
+VIT_B16 = dict(
+    embed_dim=512,
+    vision_cfg=dict(image_size=224, patch_size=16, width=768, layers=12, head_width=64, mlp_ratio=4.0),
+    text_cfg=dict(context_length=77, width=512, heads=8, layers=12),
+)
+
+# Evaluation suites. Task names are the evaluation modules' names.
+EMBEDDED_SUITE = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe", "compositionality", "vqa")
+PAPER_SUITE = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe", "compositionality", "vqa")
+
+# The small-scale recipe shared by CLIP, FLIP and cluster masking (cluster_masking.md §6 / clip_flip.md §4):
+# global batch 2048, lr 5e-4, warmup 2000 steps, AdamW (0.9, 0.98, 1e-6), wd 0.2.
+_PAPER_OPTIM = Optim(lr=5e-4, weight_decay=0.2, warmup_samples=2000 * 2048, grad_clip=1.0)
+_GPU8 = Resources(gpus_per_node=8, nodes=1, cpus_per_task=8, mem_gb=64, time_min=24 * 60)
+
+SCALES: dict[str, Scale] = {
+    s.name: s
+    for s in [
+        Scale(
+            name="smoke",
+            model=_tiny_model(32, 8, 32, 1, 32, 1, 32, 16),
+            batch_size=32,
+            samples=32 * 12,
+            optim=Optim(lr=1e-3, weight_decay=0.1, warmup_samples=32 * 2),
+            data=Data(kind="embedded", train_size=512, eval_size=96),
+            eval_suite=EMBEDDED_SUITE,
+            checkpoint_every=4,
+            eval_every_samples=32 * 6,
+        ),
+        Scale(
+            name="pocket",
+            # 32 px, patch 4 (an 8x8 grid of 64 tokens, so masking has room to act), width 64 x 2 layers;
+            # measured configs in shared/notes/pocket.md.
+            model=_tiny_model(32, 4, 64, 2, 64, 2, 64, 20),
+            batch_size=128,
+            samples=128 * 600,
+            optim=Optim(lr=2e-3, weight_decay=0.1, warmup_samples=128 * 60),
+            data=Data(kind="embedded", train_size=30_000, eval_size=1000),
+            eval_suite=EMBEDDED_SUITE,
+            checkpoint_every=100,
+            eval_every_samples=128 * 150,
+        ),
+        # Paper scales: defined in full, run on a cluster only (runs_here=False).
+        Scale(
+            name="cc3m-b16",
+            model=VIT_B16,
+            batch_size=2048,
+            samples=40 * 2_900_000,          # SLIP's CC3M ViT-B/16 CLIP: 40 epochs (anchors.md §6.2)
+            optim=dataclasses.replace(_PAPER_OPTIM, lr=5e-4, weight_decay=0.5),
+            data=Data(kind="webdataset", path="/datasets/cc3m/{00000..00331}.tar", dataset_root="/datasets",
+                      augment=True),
+            eval_suite=PAPER_SUITE, checkpoint_every=1000, eval_every_samples=5 * 2_900_000,
+            resources=_GPU8, runs_here=False,
+        ),
+        Scale(
+            name="cc12m-b16",
+            model=VIT_B16,
+            batch_size=2048,
+            samples=32 * 10_000_000,         # cluster masking recipe: CC12M (~10M live pairs), 32 epochs
+            optim=_PAPER_OPTIM,
+            data=Data(kind="webdataset", path="/datasets/cc12m/{00000..01242}.tar", dataset_root="/datasets",
+                      augment=True),
+            eval_suite=PAPER_SUITE, checkpoint_every=1000, eval_every_samples=4 * 10_000_000,
+            resources=_GPU8, runs_here=False,
+        ),
+        Scale(
+            name="yfcc15m-b16",
+            model=VIT_B16,
+            batch_size=4096,
+            samples=25 * 15_000_000,         # SLIP / MaskCLIP (Dong) YFCC-15M recipe: batch 4096, 25 epochs
+            optim=Optim(lr=5e-4, weight_decay=0.5, warmup_samples=1 * 15_000_000, grad_clip=1.0),
+            data=Data(kind="webdataset", path="/datasets/yfcc15m/{00000..01535}.tar", dataset_root="/datasets",
+                      augment=True),
+            eval_suite=PAPER_SUITE, checkpoint_every=1000, eval_every_samples=5 * 15_000_000,
+            resources=_GPU8, runs_here=False,
+        ),
+    ]
+}
+
+
+def get_scale(name: str) -> Scale:
+    if name not in SCALES:
+        raise UserError(f"unknown scale {name!r}: choose one of {', '.join(SCALES)} (--scale)")
+    return SCALES[name]

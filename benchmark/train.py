@@ -1,0 +1,196 @@
+"""One training loop for every method (nanoGPT-style: everything a step does is visible here).
+
+AdamW with open_clip's parameter groups, linear warmup then cosine, gradient clipping, bf16 autocast on GPU,
+the method's ``after_optimizer_step`` (logit-scale clamp, EMA). Checkpoints every N steps and at the end;
+on start the run resumes from its latest checkpoint and continues exactly as if never stopped: model,
+optimizer, RNG state and data position (the batch of a step is a function of the seed and the step).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from benchmark import checkpoint
+from benchmark.errors import NonFiniteLoss
+from benchmark.scales import Optim
+
+
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """open_clip's split: no weight decay on gains, biases, norms and the logit scale (legacy_main.py)."""
+    def no_decay(n, p):
+        return p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in named if no_decay(n, p)], "weight_decay": 0.0},
+            {"params": [p for n, p in named if not no_decay(n, p)], "weight_decay": weight_decay}]
+
+
+def make_optimizer(module: torch.nn.Module, optim: Optim) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(module, optim.weight_decay), lr=optim.lr, betas=optim.betas,
+                             eps=optim.eps, fused=True)
+
+
+def lr_at(step: int, steps: int, warmup: int, base_lr: float) -> float:
+    """open_clip's cosine_lr: linear warmup to ``base_lr``, then cosine to 0."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))) * base_lr
+
+
+@dataclass
+class TrainPlan:
+    steps: int
+    batch_size: int
+    seed: int
+    optim: Optim
+    checkpoint_every: int
+    eval_every_steps: int = 0
+    flops_per_step: float = 0.0      # mean over phases; for the periodic-eval FLOP axis
+    log_every: int = 10
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    wall_time_s: float = 0.0
+    history: list = field(default_factory=list)   # periodic evaluations during training
+
+
+class Interrupted(Exception):
+    """The process was asked to stop (SIGUSR2/SIGTERM); a checkpoint was written first."""
+
+
+def _rng_states(device) -> dict:
+    s = {"torch": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        s["cuda"] = torch.cuda.get_rng_state(device)
+    return s
+
+
+def _restore_rng(states: dict, device) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from, so the log reads as one clean run."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, device,
+          rank: int = 0, world_size: int = 1, periodic_eval: Callable | None = None,
+          stop_requested: Callable[[], bool] = lambda: False, progress_bar: bool = True) -> TrainState:
+    """Train ``model`` (the method, or its DDP wrapper) for ``plan.steps``, resuming from ``run_dir``."""
+    ckpt_dir, log_path = run_dir / "checkpoints", run_dir / "train.jsonl"
+    opt = make_optimizer(method, plan.optim)
+    state = TrainState()
+    last = checkpoint.latest(ckpt_dir)
+    if last is not None:
+        blob = checkpoint.load(last, map_location=device)
+        method.load_state_dict(blob["method"])
+        opt.load_state_dict(blob["optimizer"])
+        _restore_rng(blob["rng"], device)
+        state = TrainState(step=int(blob["step"]), wall_time_s=float(blob["wall_time_s"]),
+                           history=list(blob["history"]))
+    if rank == 0:
+        _truncate_log(log_path, state.step)
+    warmup = plan.optim.warmup_samples // plan.batch_size
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda" \
+        else torch.autocast("cpu", enabled=False)
+
+    def save():
+        if rank == 0:
+            checkpoint.save(ckpt_dir, state.step, {
+                "method": method.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_states(device),
+                "step": state.step, "wall_time_s": state.wall_time_s, "history": state.history})
+
+    model.train()
+    log = open(log_path, "a") if rank == 0 else None
+    bar = tqdm(total=plan.steps, initial=state.step, desc=f"train {run_dir.parent.name}/{run_dir.name}",
+               unit="step", disable=not progress_bar or rank != 0, leave=False)
+    try:
+        while state.step < plan.steps:
+            if stop_requested():
+                save()
+                raise Interrupted(f"stopped at step {state.step}")
+            t0 = time.perf_counter()
+            step, progress = state.step, state.step / plan.steps
+            lr = lr_at(step, plan.steps, warmup, plan.optim.lr)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            batch = data.batch(step, plan.batch_size, plan.seed, device, rank, world_size)
+            with autocast:
+                losses = model(batch, progress)
+            loss = losses["loss"]
+            if not torch.isfinite(loss.detach()).all():
+                values = {k: float(v.detach().float()) for k, v in losses.items()}
+                raise NonFiniteLoss(f"non-finite loss at step {step}: {values}; the last good checkpoint "
+                                    f"is kept in {ckpt_dir}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(method.parameters(), plan.optim.grad_clip)
+            opt.step()
+            method.after_optimizer_step(progress)
+            state.step += 1
+            state.wall_time_s += time.perf_counter() - t0
+            bar.update()
+            if log is not None and (step % plan.log_every == 0 or state.step == plan.steps):
+                row = {"step": state.step, "samples": state.step * plan.batch_size, "lr": lr,
+                       "grad_norm": float(grad_norm), "wall_time_s": round(state.wall_time_s, 3),
+                       **{k: float(v.detach().float()) for k, v in losses.items()}, **method.stats()}
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{row['loss']:.3f}")
+            if periodic_eval is not None and plan.eval_every_steps and state.step % plan.eval_every_steps == 0 \
+                    and state.step < plan.steps:
+                point = {"step": state.step, "samples": state.step * plan.batch_size,
+                         "train_flops": state.step * plan.flops_per_step, **periodic_eval(method)}
+                model.train()
+                state.history.append(point)
+                if log is not None:
+                    log.write(json.dumps({"type": "eval", **point}) + "\n")
+                    log.flush()
+            if state.step % plan.checkpoint_every == 0 or state.step == plan.steps:
+                save()
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    return state
+
+
+class StopFlag:
+    """Turns SIGUSR2/SIGTERM into a checkpoint-and-stop at the next step boundary."""
+
+    def __init__(self, signals=(signal.SIGUSR2, signal.SIGTERM)):
+        self.requested = False
+        self._old = {}
+        if os.environ.get("MASKBENCH_NO_SIGNALS"):
+            return
+        for s in signals:
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:      # not the main thread
+                pass
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def restore(self):
+        for s, h in self._old.items():
+            signal.signal(s, h)
