@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from benchmark.faults import maybe_kill
+
 KEEP = 2
 _NAME = re.compile(r"^step_(\d{7})\.pt$")
 
@@ -47,6 +49,7 @@ def save(folder: Path, step: int, state: dict) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        maybe_kill("checkpoint", step)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

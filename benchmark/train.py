@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from benchmark import checkpoint
+from benchmark.faults import maybe_kill
 from benchmark.errors import NonFiniteLoss
 from benchmark.scales import Optim
 
@@ -164,6 +165,7 @@ def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, 
                     log.flush()
             if state.step % plan.checkpoint_every == 0 or state.step == plan.steps:
                 save()
+            maybe_kill("step", state.step)
     finally:
         bar.close()
         if log is not None:
