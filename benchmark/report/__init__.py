@@ -1,0 +1,53 @@
+"""Reports (DESIGN §8): ``results/<scale>/`` -> ``reports/<scale>/``.
+
+    summary.md / summary.tex / summary.csv   methods x tasks, mean ± std over seeds, compute columns
+    paper_<method>.md                        each paper's tables in its own layout, ours beside
+    task_bars.png, accuracy_vs_flops.png, throughput_vs_mask.png
+    index.html                               all of it on one page (figures embedded)
+
+Incomplete runs and tasks appear as such in every output.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from benchmark.report import collect, html, paper_tables, plots, tables
+
+
+def _write(path: Path, text: str) -> None:
+    """Write beside, then rename: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _methods_dir() -> Path:
+    from benchmark.discovery import methods_dir      # imports open_clip: only when no folder is given
+    return methods_dir()
+
+
+def write_reports(results: Path, scale: str, reports: Path, methods: Path | None = None) -> Path:
+    """Write every report for ``scale`` from ``results`` into ``reports/<scale>/``; returns that folder."""
+    res = collect.load(Path(results), scale)
+    out = Path(reports) / scale
+    out.mkdir(parents=True, exist_ok=True)
+
+    summary = tables.summary_frame(res)
+    _write(out / "summary.md", tables.to_markdown(res, summary))
+    _write(out / "summary.tex", tables.to_latex(res, summary))
+    _write(out / "summary.csv", tables.to_csv(summary))
+
+    papers = [paper_tables.build_paper(res, m, Path(methods or _methods_dir())) for m in res.methods]
+    for rep in papers:
+        _write(out / f"paper_{rep.method}.md", paper_tables.to_markdown(res, rep))
+        if rep.error:
+            print(f"warning: {rep.error}", file=sys.stderr)
+
+    figures = plots.write_plots(res, out)
+    _write(out / "index.html", html.render(res, summary, figures, papers))
+    if not res.issues.empty:
+        print(f"warning: {len(res.issues)} incomplete result(s) at scale {scale}; see {out / 'summary.md'}",
+              file=sys.stderr)
+    return out

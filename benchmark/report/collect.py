@@ -1,0 +1,218 @@
+"""Read ``results/<scale>/`` into the frames every report is built from.
+
+Numbers come from ``results.csv`` (the tidy table). Run folders add what the table cannot hold: whether a run
+finished, failed or is still going, tasks that could not be evaluated, the periodic evaluations during training
+(``metrics.json`` "history") and the realised mask ratio. Nothing incomplete is dropped: every run folder and
+every expected task appears either as numbers or as an entry in ``issues``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.checkpoint import checkpoints
+from benchmark.errors import UserError
+from benchmark.results import CSV_COLUMNS
+
+ISSUE_COLUMNS = ["method", "seed", "task", "status", "detail"]
+RUN_COLUMNS = ["method", "seed", "status", "detail", "steps", "samples_seen", "train_flops", "flops_per_step",
+               "wall_time_s", "images_per_s", "mask_ratio", "match", "config_hash", "code_version"]
+
+
+@dataclass
+class Results:
+    scale: str
+    root: Path                         # results/<scale>
+    rows: pd.DataFrame                 # results.csv as written by benchmark.results.rebuild_csv
+    runs: pd.DataFrame                 # one row per run folder (RUN_COLUMNS)
+    issues: pd.DataFrame               # one row per incomplete (run, task) (ISSUE_COLUMNS)
+    history: pd.DataFrame              # periodic evaluations during training, plus each run's final point
+    tasks: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+
+    @property
+    def main(self) -> pd.DataFrame:
+        """The main-metric rows of results.csv."""
+        return self.rows[self.rows["main"]]
+
+
+def method_order(names) -> list[str]:
+    """The CLIP baseline first, then the others by name."""
+    names = sorted(set(names))
+    return (["clip"] if "clip" in names else []) + [n for n in names if n != "clip"]
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        return {"error": f"unreadable {path.name}: {e}"}
+
+
+def _expected_tasks(scale: str) -> list[str]:
+    from benchmark.scales import SCALES
+    return list(SCALES[scale].eval_suite) if scale in SCALES else []
+
+
+def _last_logged_step(path: Path) -> int | None:
+    if not path.exists():
+        return None
+    step = None
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue                     # a line cut short by a kill
+        step = row.get("step", step)
+    return step
+
+
+def realised_mask_ratio(run: Path, metrics: dict) -> float | None:
+    """Mean ``mask_ratio`` over the logged training steps (train.jsonl), so that a schedule (FLIP's unmasked
+    tuning, a per-batch ratio) counts as trained; the last recorded value in metrics.json otherwise."""
+    values = []
+    log = run / "train.jsonl"
+    if log.exists():
+        for line in log.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("type") != "eval" and isinstance(row.get("mask_ratio"), (int, float)):
+                values.append(float(row["mask_ratio"]))
+    if values:
+        return sum(values) / len(values)
+    value = metrics.get("stats", {}).get("mask_ratio")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _run_state(run: Path) -> tuple[str, str, dict]:
+    """(status, detail, metrics) of one run folder: done, failed, or incomplete (still going or interrupted)."""
+    metrics_path, error_path = run / "metrics.json", run / "error.json"
+    if metrics_path.exists():
+        metrics = _read_json(metrics_path)
+        if "compute" in metrics:
+            return "done", "", metrics
+        return "failed", metrics.get("error", "metrics.json has no compute block"), {}
+    if error_path.exists():
+        err = _read_json(error_path)
+        return "failed", str(err.get("error", "see error.json")).splitlines()[0], {}
+    ckpts = checkpoints(run / "checkpoints")
+    step = _last_logged_step(run / "train.jsonl")
+    if ckpts:
+        detail = f"no metrics.json yet; last checkpoint {ckpts[-1].name}"
+    elif step is not None:
+        detail = f"no metrics.json yet; last logged step {step}, no checkpoint"
+    else:
+        detail = "no metrics.json yet; nothing trained"
+    return "incomplete", detail + " (still running, or interrupted: `run` resumes it)", {}
+
+
+def load(results: Path, scale: str) -> Results:
+    root = Path(results) / scale
+    if not root.is_dir():
+        raise UserError(f"no results for scale {scale!r} in {root}; train first with "
+                        f"`python -m benchmark run --scale {scale}`, or pass the folder with --results DIR")
+    csv = root / "results.csv"
+    rows = pd.read_csv(csv) if csv.exists() and csv.stat().st_size else pd.DataFrame(columns=CSV_COLUMNS)
+    missing = set(CSV_COLUMNS) - set(rows.columns)
+    if missing:
+        raise UserError(f"{csv} lacks column(s) {sorted(missing)}; it was written by another version: "
+                        f"rebuild it with `python -m benchmark eval --scale {scale}`")
+    rows["main"] = rows["main"].astype(str).str.lower().eq("true")
+    rows["seed"] = rows["seed"].astype(int)
+
+    run_rows, issues, history = [], [], []
+    task_errors: dict[tuple[str, int, str], str] = {}
+    folders = sorted(p for p in root.glob("*/seed*") if p.is_dir() and p.name[4:].isdigit())
+    for run in folders:
+        method, seed = run.parent.name, int(run.name[4:])
+        status, detail, metrics = _run_state(run)
+        comp = metrics.get("compute", {})
+        cfg = _read_json(run / "config.json") if (run / "config.json").exists() else {}
+        run_rows.append({"method": method, "seed": seed, "status": status, "detail": detail,
+                         **{k: comp.get(k) for k in ("steps", "samples_seen", "train_flops", "flops_per_step",
+                                                     "wall_time_s", "images_per_s")},
+                         "mask_ratio": realised_mask_ratio(run, metrics) if status == "done" else None,
+                         "match": comp.get("match") or cfg.get("identity", {}).get("match"),
+                         "config_hash": metrics.get("config_hash") or cfg.get("config_hash"),
+                         "code_version": cfg.get("code_version")})
+        if status != "done":
+            issues.append({"method": method, "seed": seed, "task": None, "status": status, "detail": detail})
+            continue
+        for ev in sorted((run / "evals").glob("*.json")):
+            r = _read_json(ev)
+            if "error" in r:
+                task = r.get("task", ev.stem.split(".")[0])
+                task_errors[(method, seed, task)] = str(r["error"]).splitlines()[0]
+        for point in metrics.get("history", []):
+            history.append({"method": method, "seed": seed, "final": False, **point})
+
+    runs = pd.DataFrame(run_rows, columns=RUN_COLUMNS)
+    tasks = list(dict.fromkeys(_expected_tasks(scale) + sorted(set(rows["task"])) +
+                               sorted({t for _, _, t in task_errors})))
+    done = runs[runs["status"] == "done"]
+    have = set(zip(rows["method"], rows["seed"], rows["task"]))
+    for _, run in done.iterrows():
+        for task in tasks:
+            key = (run["method"], int(run["seed"]), task)
+            if key in task_errors:
+                issues.append({"method": key[0], "seed": key[1], "task": task, "status": "task error",
+                               "detail": task_errors[key]})
+            elif key not in have:
+                issues.append({"method": key[0], "seed": key[1], "task": task, "status": "missing",
+                               "detail": "the run finished but has no result for this task "
+                                         "(re-evaluate with `python -m benchmark eval`)"})
+    # Rows in results.csv whose run folder has gone are numbers without provenance: flag them too.
+    known = set(zip(runs["method"], runs["seed"]))
+    for method, seed in sorted(set(zip(rows["method"], rows["seed"])) - known):
+        issues.append({"method": method, "seed": int(seed), "task": None, "status": "no run folder",
+                       "detail": f"results.csv has rows for {method}/seed{seed} but {root}/{method}/seed{seed} "
+                                 "is missing"})
+
+    methods = method_order(list(runs["method"]) + list(rows["method"]))
+    seeds = sorted({int(s) for s in runs["seed"]} | {int(s) for s in rows["seed"]})
+    # Runs never started: a seed some method ran but this one did not.
+    for method in methods:
+        for seed in seeds:
+            if (method, seed) not in known and not ((rows["method"] == method) & (rows["seed"] == seed)).any():
+                issues.append({"method": method, "seed": seed, "task": None, "status": "not started",
+                               "detail": f"other methods ran seed {seed}; this one has no run folder"})
+
+    hist = pd.DataFrame(history)
+    final = _final_points(rows, done, hist)
+    hist = pd.concat([hist, final], ignore_index=True) if not final.empty else hist
+    issues_df = pd.DataFrame(issues, columns=ISSUE_COLUMNS)
+    return Results(scale=scale, root=root, rows=rows, runs=runs, issues=issues_df, history=hist,
+                   tasks=tasks, methods=methods, seeds=seeds)
+
+
+def _final_points(rows: pd.DataFrame, done: pd.DataFrame, hist: pd.DataFrame) -> pd.DataFrame:
+    """Each finished run's final zero-shot score at its total training FLOPs, on the dataset the periodic
+    evaluations used (zero-shot classification's first dataset when there were none), so the curve ends at the
+    number the summary table reports."""
+    out = []
+    for _, run in done.iterrows():
+        method, seed = run["method"], int(run["seed"])
+        h = hist[(hist["method"] == method) & (hist["seed"] == seed)] if not hist.empty else hist
+        if not h.empty:
+            task, dataset = h["task"].iloc[-1], h["dataset"].iloc[-1]
+        else:
+            task = "zeroshot_classification"
+            names = rows.loc[(rows["method"] == method) & (rows["seed"] == seed) & (rows["task"] == task), "dataset"]
+            if names.empty:
+                continue
+            dataset = names.iloc[0]
+        sel = rows[(rows["method"] == method) & (rows["seed"] == seed) & (rows["task"] == task) &
+                   (rows["dataset"] == dataset)]
+        if sel.empty or pd.isna(run["train_flops"]):
+            continue
+        point = {"method": method, "seed": seed, "final": True, "task": task, "dataset": dataset,
+                 "step": run["steps"], "samples": run["samples_seen"], "train_flops": float(run["train_flops"])}
+        point.update({m: float(v) for m, v in zip(sel["metric"], sel["value"])})
+        out.append(point)
+    return pd.DataFrame(out)
