@@ -1,0 +1,190 @@
+"""UTA: Enhancing Vision-Language Model with Unmasked Token Alignment (Liu, Zheng, Liu, Liu, Li; TMLR 2024).
+
+Abstract and pipeline figure (specs/uta.md §1): a student ViT receives only the unmasked patches (no [MASK]
+tokens) and each of its output tokens, CLS included, is aligned with the frozen CLIP teacher's token at the same
+position; the teacher sees the full image. The teacher's tokens live in the CLIP joint space, so the student is
+aligned with the teacher's frozen text tower for free: evaluation pairs the student's image tower with the
+teacher's text tower. No training code was released, so the loss (1 - cosine), the targets (teacher tokens after
+``ln_post`` and ``proj``), the mask ratio and pattern are our choices, each a config switch (README, fidelity
+table). Optional stage 2 (§6): contrastive fine-tuning of the student against the frozen text tower.
+
+The teacher is a finished run of this benchmark (``teacher_run``, by default the ``clip`` run of the same scale
+and seed, declared through ``requires`` so the harness trains it first) or an open_clip checkpoint file
+(``teacher_checkpoint``). Its forward pass is part of every step, so matched compute counts it; its own
+pretraining compute is reported beside UTA's (``extra_compute``).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+
+from benchmark.blocks import (block_keep_indices, complement_indices, frozen_copy, pool_project, project_tokens,
+                              random_keep_indices, take_tokens, vit_tokens)
+from benchmark.errors import UserError
+from benchmark.method import Method
+from benchmark.results import run_dir
+
+MASK_MODES = ("random", "reversed_block", "complementary")
+TARGETS = ("projected", "features")
+
+
+def teacher_paths(cfg: dict, ctx) -> tuple[Path, Path | None]:
+    """(weights, metrics.json or None) of the teacher named by the config."""
+    if cfg["teacher_checkpoint"]:
+        return Path(cfg["teacher_checkpoint"]).expanduser(), None
+    if ctx.results_root is None:
+        raise UserError("uta needs a teacher: set uta.teacher_checkpoint to an open_clip checkpoint file, or run "
+                        f"it through `benchmark run`, which trains the {cfg['teacher_run']!r} teacher run first")
+    folder = run_dir(Path(ctx.results_root), ctx.scale.name, cfg["teacher_run"], ctx.seed)
+    return folder / "model.pt", folder / "metrics.json"
+
+
+def load_teacher(path: Path, metrics: Path | None, scale) -> open_clip.CLIP:
+    """The teacher as an open_clip CLIP of the scale's architecture (a benchmark model.pt or an open_clip
+    training checkpoint with ``state_dict`` and ``module.`` prefixes)."""
+    if metrics is not None and not (path.exists() and metrics.exists()):
+        raise UserError(f"uta's teacher run {path.parent} is missing or unfinished (needs model.pt and "
+                        f"metrics.json): train it first with `python -m benchmark run --methods "
+                        f"{path.parent.parent.name} --scale {scale.name} --seeds {path.parent.name[4:]}` (or run "
+                        "uta through `benchmark run`, which does it), or set uta.teacher_checkpoint")
+    if not path.exists():
+        raise UserError(f"uta.teacher_checkpoint {path} does not exist; give the path of an open_clip checkpoint "
+                        f"of the {scale.name} model")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    teacher = open_clip.CLIP(**scale.model)
+    try:
+        teacher.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"uta teacher {path} does not fit the {scale.name} model ({first}); the teacher must "
+                        "have the scale's architecture") from None
+    return teacher.eval()
+
+
+class UTA(Method):
+    paper = "UTA: Liu, Zheng, Liu, Liu, Li, TMLR 2024 (arXiv 2405.19009); training re-implemented, no code released"
+    summary = ("A student ViT on the unmasked 50% of patches aligns every token, CLS included, to a frozen CLIP "
+               "teacher; zero-shot through the teacher's text tower.")
+
+    def __init__(self, clip, cfg, ctx):
+        super().__init__(clip, cfg, ctx)
+        if self.cfg["mask_mode"] not in MASK_MODES:
+            raise UserError(f"uta.mask_mode={self.cfg['mask_mode']!r}: choose one of {', '.join(MASK_MODES)}")
+        if self.cfg["target"] not in TARGETS:
+            raise UserError(f"uta.target={self.cfg['target']!r}: choose one of {', '.join(TARGETS)}")
+        if self.cfg["mask_mode"] == "complementary" and self.cfg["mask_ratio"] == 0:
+            raise UserError("uta.mask_mode=complementary needs mask_ratio > 0 (the second pass sees the masked part)")
+        if not 0 <= self.cfg["contrastive_finetune_fraction"] < 1:
+            raise UserError(f"uta.contrastive_finetune_fraction={self.cfg['contrastive_finetune_fraction']} is "
+                            "outside [0, 1): the fraction of the steps spent in stage-2 contrastive fine-tuning")
+        weights, metrics = teacher_paths(self.cfg, ctx)
+        teacher = load_teacher(weights, metrics, ctx.scale)
+        self.teacher_source = {"teacher_run": str(weights.parent) if metrics else None,
+                               "teacher_checkpoint": None if metrics else str(weights)}
+        self.teacher_metrics = json.loads(metrics.read_text()) if metrics else None
+        # The frozen teacher image tower: targets only, eval mode, no gradient (kept in eval by train()).
+        self.teacher = frozen_copy(teacher.visual)
+        # The evaluable model = student image tower + the teacher's text tower and temperature, frozen (LiT-style)
+        # unless stage 2 tunes them.
+        text_state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("visual.")}
+        self.clip.load_state_dict({**self.clip.state_dict(), **text_state}, strict=True)
+        stage2 = self.cfg["contrastive_finetune_fraction"] > 0
+        for name, p in self.clip.named_parameters():
+            if not name.startswith("visual."):
+                p.requires_grad_(stage2 and (name == "logit_scale" or self.cfg["finetune_text"]))
+
+    @classmethod
+    def requires(cls, cfg):
+        # the teacher run (same scale and seed) finishes first; a checkpoint file needs no run
+        return [] if cfg["teacher_checkpoint"] else [cfg["teacher_run"]]
+
+    # ---- the frozen teacher ---------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()        # a frozen teacher never leaves eval mode
+        return self
+
+    @torch.no_grad()
+    def teacher_targets(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher on the full image (§3): its CLIP image embedding [B, E] (the CLS target) and one target per
+        patch [B, N, E] after ``ln_post`` + ``proj`` (``features``: [B, N, D] after ``ln_post`` only)."""
+        tokens = vit_tokens(self.teacher, images)
+        projected = project_tokens(self.teacher, tokens)
+        patches = projected[:, 1:] if self.cfg["target"] == "projected" else self.teacher.ln_post(tokens[:, 1:])
+        return projected[:, 0], patches
+
+    # ---- masking (§4) ----------------------------------------------------------------------------------------
+    def keep_sets(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The kept patch positions of each student pass: one pass, or two complementary ones."""
+        b, n, ratio = images.shape[0], self.n_patches, self.cfg["mask_ratio"]
+        mode = self.cfg["mask_mode"]
+        if mode == "reversed_block":         # block-wise mask whose blocks are kept, the rest dropped
+            return [block_keep_indices(b, self.ctx.scale.patch_grid, max(1, int(n * (1 - ratio))), images.device)]
+        keep = random_keep_indices(b, n, ratio, images.device)
+        return [keep, complement_indices(keep, n)] if mode == "complementary" else [keep]
+
+    # ---- one step --------------------------------------------------------------------------------------------
+    def finetuning(self, progress: float) -> bool:
+        f = self.cfg["contrastive_finetune_fraction"]
+        return f > 0 and progress >= 1.0 - f
+
+    def phases(self):
+        # Stage 2 has no teacher pass but a text pass: compute matching counts it at its own cost.
+        f = self.cfg["contrastive_finetune_fraction"]
+        return [(1.0 - f, 0.0)] + ([(f, 1.0 - f / 2)] if f > 0 else [])
+
+    def training_step(self, batch, progress):
+        if self.finetuning(progress):
+            return self.contrastive_step(batch)
+        images = batch["images"]
+        cls_target, patch_target = self.teacher_targets(images)
+        total, cls_terms = [], []
+        keep_sets = self.keep_sets(images)
+        for keep in keep_sets:
+            tokens = vit_tokens(self.visual, images, keep)            # the student never sees masked patches
+            cls = pool_project(self.visual, tokens)                    # [B, E]: the zero-shot image embedding
+            if self.cfg["target"] == "projected":
+                patches = project_tokens(self.visual, tokens[:, 1:])   # [B, K, E]
+            else:
+                patches = self.visual.ln_post(tokens[:, 1:])           # [B, K, D]
+            cls_loss = 1 - F.cosine_similarity(cls.float(), cls_target.float(), dim=-1)                  # [B]
+            patch_loss = 1 - F.cosine_similarity(patches.float(), take_tokens(patch_target, keep).float(),
+                                                 dim=-1)                                                 # [B, K]
+            # negative cosine over every kept token and CLS, equal weights (EVA-02's MIM loss form, §5)
+            total.append(torch.cat([cls_loss[:, None], patch_loss], dim=1).mean())
+            cls_terms.append(cls_loss.mean())
+        loss = torch.stack(total).mean()
+        cls_term = torch.stack(cls_terms).mean().detach()
+        self.record(mask_ratio=1.0 - keep_sets[0].shape[1] / self.n_patches, student_passes=len(keep_sets),
+                    cls_cosine=1.0 - cls_term.item())
+        return {"loss": loss, "align": loss.detach(), "align_cls": cls_term}
+
+    def contrastive_step(self, batch):
+        """Stage 2 (§6): ClipLoss between the student's image embedding and the frozen text tower."""
+        images, ratio = batch["images"], self.cfg["finetune_mask_ratio"]
+        keep = random_keep_indices(images.shape[0], self.n_patches, ratio, images.device) if ratio > 0 else None
+        image = pool_project(self.visual, vit_tokens(self.visual, images, keep))
+        with torch.set_grad_enabled(self.cfg["finetune_text"] and torch.is_grad_enabled()):
+            text = self.clip.encode_text(batch["texts"])
+        loss = self.contrastive(image, text)
+        kept = keep.shape[1] if keep is not None else self.n_patches
+        self.record(mask_ratio=1.0 - kept / self.n_patches, logit_scale=self.clip.logit_scale.exp().item())
+        return {"loss": loss, "contrastive": loss.detach()}
+
+    # ---- compute disclosure -----------------------------------------------------------------------------------
+    def extra_compute(self) -> dict:
+        """The teacher's own pretraining, reported beside UTA's training FLOPs (not from scratch, §1)."""
+        out = {**self.teacher_source, "teacher_pretraining_flops": None, "teacher_pretraining_samples": None}
+        if self.teacher_metrics is not None:
+            c = self.teacher_metrics.get("compute", {})
+            out.update(teacher_pretraining_flops=c.get("train_flops"),
+                       teacher_pretraining_samples=c.get("samples_seen"),
+                       teacher_config_hash=self.teacher_metrics.get("config_hash"))
+        return out
