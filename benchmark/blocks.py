@@ -115,3 +115,51 @@ class MaskedTokenDecoder(nn.Module):
 
 def normalized(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1)
+
+
+def project_tokens(visual: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
+    """Every ViT output token [B, T, D] into the joint space as open_clip pools the CLS token: ``ln_post`` then
+    ``proj`` -> [B, T, E]. Row 0 equals ``pool_project`` for open_clip's default ViT (CLS pooling, ``ln_post``
+    before pooling, no attentional pooler); other pooling setups are refused rather than silently diverging."""
+    if visual.attn_pool is not None or visual.final_ln_after_pool or visual.pool_type != "tok":
+        raise ValueError("project_tokens needs an open_clip ViT with CLS pooling ('tok'), ln_post before pooling "
+                         "and no attentional pooler")
+    x = visual.ln_post(tokens)
+    return x @ visual.proj if visual.proj is not None else x
+
+
+def block_keep_indices(batch: int, grid: int, n_keep: int, device, min_area: int | None = None,
+                       aspect: tuple[float, float] = (0.3, 1 / 0.3), max_rounds: int = 200) -> torch.Tensor:
+    """Indices [B, n_keep], sorted, of patches chosen in rectangular blocks (BEiT's block-wise masking
+    generator, used to choose the *kept* patches). Rectangles of random area in [min_area, still needed] and
+    log-uniform aspect ratio are added per image until ``n_keep`` patches are covered; exactly ``n_keep`` are
+    returned: patches of earlier rectangles first, the last rectangle trimmed at random, and a random top-up if
+    ``max_rounds`` run out. ``min_area`` defaults to BEiT's 16 of 196 patches scaled to the grid. Vectorised
+    over the batch (one loop over rounds); the torch RNG of ``device`` fixes the draw."""
+    n = grid * grid
+    if not 0 < n_keep <= n:
+        raise ValueError(f"n_keep={n_keep} must lie in [1, {n}]")
+    min_area = max(1, round(16 * n / 196)) if min_area is None else min_area
+    lo, hi = torch.log(torch.tensor(aspect[0])), torch.log(torch.tensor(aspect[1]))
+    rows = torch.arange(grid, device=device).view(1, grid, 1)
+    cols = torch.arange(grid, device=device).view(1, 1, grid)
+    covered = torch.zeros(batch, n, dtype=torch.bool, device=device)
+    order = torch.full((batch, n), float(max_rounds), device=device)   # the round that covered each patch
+    for r in range(max_rounds):
+        need = n_keep - covered.sum(1)
+        if not (need > 0).any():
+            break
+        u = torch.rand(batch, 4, device=device)
+        area = min_area + u[:, 0] * (need.clamp(min=min_area) - min_area)
+        ratio = torch.exp(lo.to(device) + u[:, 1] * (hi - lo).to(device))
+        h = torch.sqrt(area * ratio).round().clamp(1, grid)
+        w = torch.sqrt(area / ratio).round().clamp(1, grid)
+        top = (u[:, 2] * (grid - h + 1)).floor()
+        left = (u[:, 3] * (grid - w + 1)).floor()
+        rect = ((rows >= top.view(-1, 1, 1)) & (rows < (top + h).view(-1, 1, 1))
+                & (cols >= left.view(-1, 1, 1)) & (cols < (left + w).view(-1, 1, 1))).view(batch, n)
+        new = rect & ~covered & (need > 0)[:, None]
+        order = torch.where(new, torch.full_like(order, r), order)
+        covered |= new
+    key = order + 0.5 * torch.rand(batch, n, device=device)
+    return key.argsort(dim=1)[:, :n_keep].sort(dim=1).values

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.blocks import (block_keep_indices, complement_indices, frozen_copy, pool_project, project_tokens,
-                              random_keep_indices, take_tokens, vit_tokens)
+                              random_keep_indices, vit_tokens)
 from benchmark.errors import UserError
 from benchmark.method import Method
 from benchmark.results import run_dir
@@ -155,8 +155,8 @@ class UTA(Method):
             else:
                 patches = self.visual.ln_post(tokens[:, 1:])           # [B, K, D]
             cls_loss = 1 - F.cosine_similarity(cls.float(), cls_target.float(), dim=-1)                  # [B]
-            patch_loss = 1 - F.cosine_similarity(patches.float(), take_tokens(patch_target, keep).float(),
-                                                 dim=-1)                                                 # [B, K]
+            target = torch.gather(patch_target, 1, keep[..., None].expand(-1, -1, patch_target.shape[-1]))
+            patch_loss = 1 - F.cosine_similarity(patches.float(), target.float(), dim=-1)                # [B, K]
             # negative cosine over every kept token and CLS, equal weights (EVA-02's MIM loss form, §5)
             total.append(torch.cat([cls_loss[:, None], patch_loss], dim=1).mean())
             cls_terms.append(cls_loss.mean())
