@@ -117,6 +117,25 @@ def normalized(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1)
 
 
+def take_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` [B, M] of every sequence in ``x`` [B, N, ...]: [B, M, ...] (e.g. the masked positions)."""
+    return torch.gather(x, 1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]))
+
+
+def text_tokens(clip, texts: torch.Tensor | None = None, embeds: torch.Tensor | None = None,
+                causal: bool = True) -> torch.Tensor:
+    """open_clip's text tower up to ``ln_final``, every token kept: [B, L, W] (``encode_text`` before pooling).
+
+    ``embeds`` [B, L, W] replaces the token embedding of ``texts`` (e.g. with a learned mask embedding at masked
+    positions); ``causal=False`` drops the causal attention mask. ``clip`` is any module holding open_clip's
+    text parts (``token_embedding``, ``positional_embedding``, ``transformer``, ``ln_final``, ``attn_mask``).
+    """
+    x = clip.token_embedding(texts) if embeds is None else embeds
+    x = x + clip.positional_embedding.to(x.dtype)
+    x = clip.transformer(x, attn_mask=clip.attn_mask if causal else None)
+    return clip.ln_final(x)
+
+
 def project_tokens(visual: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
     """Every ViT output token [B, T, D] into the joint space as open_clip pools the CLS token: ``ln_post`` then
     ``proj`` -> [B, T, E]. Row 0 equals ``pool_project`` for open_clip's default ViT (CLS pooling, ``ln_post``
