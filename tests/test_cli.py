@@ -1,0 +1,74 @@
+"""Command line: discovery of method folders, bad input -> exit 2 with a message naming the fix."""
+import textwrap
+
+from conftest import run_cli
+
+
+def test_list_shows_every_method_with_paper_and_summary():
+    out = run_cli("list", check=True).stdout
+    assert "clip" in out and "flip" in out and "Li, Fan, Hu" in out
+
+
+def test_unknown_method_exits_2_and_lists_available(tmp_path):
+    proc = run_cli("run", "--methods", "nosuchmethod", "--scale", "smoke", "--results", tmp_path)
+    assert proc.returncode == 2
+    assert "nosuchmethod" in proc.stderr and "clip" in proc.stderr and "flip" in proc.stderr
+    assert not any(tmp_path.iterdir()), "nothing may be written on bad input"
+
+
+def _methods_dir(tmp_path):
+    root = tmp_path / "methods"
+    good = root / "good"
+    good.mkdir(parents=True)
+    (good / "method.py").write_text(textwrap.dedent("""
+        from benchmark.method import Method
+        class Good(Method):
+            paper = "Good et al."
+            summary = "fine"
+            def training_step(self, batch, progress):
+                loss = self.contrastive(self.clip.encode_image(batch["images"]), self.clip.encode_text(batch["texts"]))
+                return {"loss": loss}
+    """))
+    (good / "config.yaml").write_text("defaults:\n  mask_ratio: 0.5\n")
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / "method.py").write_text("import nosuchmodule\n")
+    empty = root / "empty"
+    empty.mkdir()
+    (empty / "method.py").write_text("x = 1\n")
+    badyaml = root / "badyaml"
+    badyaml.mkdir()
+    (badyaml / "method.py").write_text((good / "method.py").read_text())
+    (badyaml / "config.yaml").write_text("defaults: [unclosed\n")
+    return root
+
+
+def test_broken_folders_are_reported_by_name_and_hide_nothing(tmp_path):
+    env = {"MASKBENCH_METHODS": str(_methods_dir(tmp_path))}
+    out = run_cli("list", env=env, check=True).stdout
+    assert "Good et al." in out
+    assert "broken" in out and "nosuchmodule" in out
+    assert "empty" in out and "exactly one Method subclass" in out
+    assert "badyaml" in out and "not valid YAML" in out
+
+
+def test_bad_values_exit_2(tmp_path, monkeypatch, capsys):
+    from benchmark.cli import main
+    monkeypatch.setenv("MASKBENCH_METHODS", str(_methods_dir(tmp_path)))
+    res = tmp_path / "r"
+    cases = [
+        (["--methods", "broken"], "nosuchmodule"),
+        (["--methods", "good", "--seeds", "-1"], "negative"),
+        (["--methods", "good", "--set", "good.mask_ratio=1.5"], "outside [0, 1)"),
+        (["--methods", "good", "--set", "good.nokey=1"], "unknown key"),
+        (["--methods", "good", "--set", "good.mask_ratio=abc"], "must be float"),
+        (["--methods", "good", "--scale", "huge"], "unknown scale"),
+        (["--methods", "all"], "broken method folder"),
+        (["--methods", "good", "--scale", "cc12m-b16"], "--cluster slurm"),
+    ]
+    for extra, needle in cases:
+        code = main(["run", "--scale", "smoke", *extra, "--results", str(res)])
+        err = capsys.readouterr().err
+        assert code == 2, (extra, err)
+        assert needle in err, (extra, err)
+    assert not res.exists(), "nothing may be written on bad input"

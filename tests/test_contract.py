@@ -1,0 +1,103 @@
+"""The method contract, checked on every discovered method (a new folder is tested without any edit here)."""
+import math
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+
+from benchmark.data.train_data import load_training_data
+from benchmark.discovery import discover
+from benchmark.launch import with_requirements
+from benchmark.method import Context
+from benchmark.runs import RunSpec, build_clip, execute
+
+METHODS = sorted(discover())
+
+
+@pytest.fixture(scope="module")
+def teacher_results(tmp_path_factory, smoke_scale):
+    """Finished smoke runs of every method that some method ``requires`` (e.g. UTA's CLIP teacher)."""
+    root = tmp_path_factory.mktemp("contract-results")
+    needed = set()
+    for name, info in discover().items():
+        if info.ok:
+            needed |= set(info.cls.requires(info.config("smoke")))
+    for name in sorted(needed):
+        for spec in with_requirements([RunSpec(method=name, seed=0, scale="smoke", results=str(root))]):
+            execute(spec, progress_bar=False)
+    return root
+
+
+def build(name: str, seed: int, scale, results: Path):
+    info = discover()[name]
+    assert info.ok, f"methods/{name} is broken: {info.error}"
+    clip = build_clip(scale, seed)
+    method = info.cls(clip, info.config("smoke"), Context(scale=scale, seed=seed, results_root=results))
+    torch.manual_seed(seed)
+    return method
+
+
+def one_step(method, data, scale, seed=0):
+    method.train()
+    losses = method(data.batch(0, scale.batch_size, seed, "cpu"), 0.0)
+    losses["loss"].backward()
+    return losses
+
+
+@pytest.fixture(scope="module")
+def data(smoke_scale):
+    return load_training_data(smoke_scale)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_folder_is_healthy(name):
+    info = discover()[name]
+    assert info.ok, info.error
+    assert info.cls.paper and info.cls.summary, "set the class attributes `paper` and `summary`"
+    for f in ("method.py", "config.yaml", "paper.yaml", "README.md"):
+        assert (info.folder / f).exists(), f"methods/{name}/{f} is missing"
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_one_step_gives_finite_losses_and_gradients(name, smoke_scale, data, teacher_results):
+    method = build(name, 0, smoke_scale, teacher_results)
+    losses = one_step(method, data, smoke_scale)
+    assert "loss" in losses
+    for k, v in losses.items():
+        assert torch.isfinite(v).all(), f"{k} is not finite: {v}"
+    grads = [p.grad for p in method.parameters() if p.requires_grad]
+    assert grads and any(g is not None for g in grads), "no parameter received a gradient"
+    for (n, p) in method.named_parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all(), f"non-finite gradient in {n}"
+    method.after_optimizer_step(0.0)
+    assert method.clip.logit_scale.item() <= math.log(100) + 1e-6
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_export_loads_into_open_clip_and_embeddings_are_normalised(name, smoke_scale, data, teacher_results):
+    method = build(name, 0, smoke_scale, teacher_results)
+    state = method.export()
+    clip = open_clip.CLIP(**smoke_scale.model)
+    clip.load_state_dict(state, strict=True)
+    method.eval()
+    batch = data.batch(0, 8, 0, "cpu")
+    img, txt = method.encode_image(batch["images"]), method.encode_text(batch["texts"])
+    dim = smoke_scale.model["embed_dim"]
+    assert img.shape == (8, dim) and txt.shape == (8, dim)
+    assert torch.allclose(img.norm(dim=-1), torch.ones(8), atol=1e-5)
+    assert torch.allclose(txt.norm(dim=-1), torch.ones(8), atol=1e-5)
+    # the exported model is what evaluation uses: it must embed exactly as the method does
+    clip.eval()
+    assert torch.allclose(torch.nn.functional.normalize(clip.encode_image(batch["images"]), dim=-1), img, atol=1e-5)
+    assert torch.allclose(torch.nn.functional.normalize(clip.encode_text(batch["texts"]), dim=-1), txt, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_same_seed_same_losses(name, smoke_scale, data, teacher_results):
+    a = one_step(build(name, 3, smoke_scale, teacher_results), data, smoke_scale, seed=3)
+    b = one_step(build(name, 3, smoke_scale, teacher_results), data, smoke_scale, seed=3)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs between two builds with the same seed"

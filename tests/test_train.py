@@ -1,0 +1,100 @@
+"""Trainer: schedule, parameter groups, exact resume after SIGKILL, matched compute."""
+import json
+import math
+
+import pytest
+import torch
+
+from benchmark.results import read_json
+from benchmark.train import lr_at, param_groups
+from conftest import run_cli
+
+
+def test_lr_warmup_then_cosine():
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
+    assert lr_at(99, 100, 10, 1.0) < 0.001
+
+
+def test_no_weight_decay_on_gains_biases_and_logit_scale(smoke_scale):
+    import open_clip
+    clip = open_clip.CLIP(**smoke_scale.model)
+    no_decay, decay = param_groups(clip, 0.1)
+    names = {id(p): n for n, p in clip.named_parameters()}
+    nd = {names[id(p)] for p in no_decay["params"]}
+    assert "logit_scale" in nd and any(n.endswith("bias") for n in nd) and any(".ln_" in n for n in nd)
+    assert all(p.ndim >= 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
+
+
+def _run(results, env=None):
+    return run_cli("run", "--methods", "flip", "--scale", "smoke", "--cluster", "debug", "--results", results,
+                   "--no-report", env=env)
+
+
+def _final(results):
+    d = results / "smoke" / "flip" / "seed0"
+    evals = {p.name: read_json(p)["metrics"] for p in sorted((d / "evals").glob("*.json"))
+             if "metrics" in read_json(p)}
+    losses = [(r["step"], r["loss"]) for r in map(json.loads, (d / "train.jsonl").read_text().splitlines())
+              if "loss" in r]
+    model = torch.load(d / "model.pt", weights_only=True)
+    return evals, losses, model, read_json(d / "metrics.json")
+
+
+def test_sigkill_midway_then_same_command_resumes_to_identical_metrics(tmp_path):
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    assert _run(ref).returncode == 0
+    # killed right after step 6 (last checkpoint: step 4) ...
+    assert _run(killed, {"MASKBENCH_KILL_AT": "step:6"}).returncode == -9
+    ckpts = sorted(p.name for p in (killed / "smoke/flip/seed0/checkpoints").glob("step_*.pt"))
+    assert ckpts == ["step_0000004.pt"] and not (killed / "smoke/flip/seed0/metrics.json").exists()
+    # ... then in the middle of writing the checkpoint of step 12 (a .tmp file is left behind) ...
+    assert _run(killed, {"MASKBENCH_KILL_AT": "checkpoint:12"}).returncode == -9
+    assert list((killed / "smoke/flip/seed0/checkpoints").glob(".step_0000012.pt.*.tmp"))
+    # ... and the same command finishes the run.
+    assert _run(killed).returncode == 0
+    e1, l1, m1, metrics1 = _final(ref)
+    e2, l2, m2, metrics2 = _final(killed)
+    assert e1 and e1 == e2
+    assert l1 == l2
+    assert m1.keys() == m2.keys() and all(torch.equal(m1[k], m2[k]) for k in m1)
+    assert metrics1["compute"]["steps"] == metrics2["compute"]["steps"]
+
+
+def test_matched_flops_step_counts_follow_measured_flops(tmp_path):
+    proc = run_cli("run", "--methods", "clip,flip", "--scale", "smoke", "--cluster", "debug", "--results", tmp_path,
+                   "--no-report", "--set", "flip.mask_ratio=0.75")
+    assert proc.returncode == 0, proc.stderr
+    clip = read_json(tmp_path / "smoke/clip/seed0/metrics.json")["compute"]
+    flip = read_json(tmp_path / "smoke/flip/seed0/metrics.json")["compute"]
+    assert flip["flops_per_step"] < clip["flops_per_step"]
+    assert clip["flops_per_step"] == clip["reference_clip_flops_per_step"]
+    assert flip["steps"] == math.floor(clip["steps"] * clip["flops_per_step"] / flip["flops_per_step"])
+    assert flip["train_flops"] <= clip["train_flops"] < flip["train_flops"] + flip["flops_per_step"]
+    for c in (clip, flip):
+        assert c["samples_seen"] == c["steps"] * 32 and c["wall_time_s"] > 0 and c["images_per_s"] > 0
+    # samples matching: the papers' protocol, same number of steps for both
+    proc = run_cli("run", "--methods", "flip", "--scale", "smoke", "--cluster", "debug", "--results",
+                   tmp_path / "samples", "--no-report", "--match", "samples")
+    assert proc.returncode == 0, proc.stderr
+    assert read_json(tmp_path / "samples/smoke/flip/seed0/metrics.json")["compute"]["steps"] == clip["steps"]
+
+
+def test_attention_flops_are_counted(smoke_scale):
+    """Under the default CPU SDPA kernel attention FLOPs vanish; the harness counts them (math backend)."""
+    import open_clip
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmark.data.train_data import load_training_data
+    from benchmark.flops import reference_clip_flops
+    from open_clip.loss import ClipLoss
+    clip = open_clip.CLIP(**smoke_scale.model)
+    batch = load_training_data(smoke_scale).batch(0, 32, 0, "cpu")
+    counted = reference_clip_flops(clip, batch, ClipLoss())
+    with FlopCounterMode(display=False) as fc:
+        f = torch.nn.functional
+        ClipLoss()(f.normalize(clip.encode_image(batch["images"]), dim=-1),
+                   f.normalize(clip.encode_text(batch["texts"]), dim=-1), clip.logit_scale.exp()).backward()
+    assert counted > fc.get_total_flops()
