@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
-from benchmark.blocks import (MaskedTokenDecoder, complement_indices, ema_update, frozen_copy, random_keep_indices,
-                              take_tokens, text_tokens, vit_tokens)
+from benchmark.blocks import (MaskedTokenDecoder, block_keep_indices, complement_indices, ema_update, frozen_copy,
+                              random_keep_indices, take_tokens, text_tokens, vit_tokens)
 from benchmark.errors import UserError
 from benchmark.method import Method
 
@@ -43,37 +42,6 @@ def _check(cfg: dict) -> None:
     if cfg["decoder_width"] % cfg["decoder_heads"]:
         raise UserError(f"maskclip_dong.decoder_width={cfg['decoder_width']} must be a multiple of "
                         f"decoder_heads={cfg['decoder_heads']}")
-
-
-# ---- masking (spec §6: uniform random by default, BEiT block-wise as the BootMAE ablation) -----------------------
-def block_keep_indices(batch: int, grid: int, n_mask: int, device, min_block: int = 4,
-                       aspect: float = 0.3) -> torch.Tensor:
-    """BEiT's block-wise masking: random rectangles (area >= ``min_block`` patches, aspect ratio log-uniform in
-    [aspect, 1/aspect]) are masked until ``n_mask`` patches are; if the rectangles stop short, random single
-    patches top the count up, so every image keeps exactly grid² - n_mask tokens (needed to drop them).
-    Randomness from the global torch RNG (one draw seeds Python's RNG), so a seed fixes the masks."""
-    rng = random.Random(int(torch.randint(0, 2 ** 62, ())))
-    n = grid * grid
-    keep = []
-    for _ in range(batch):
-        masked = set()
-        for _attempt in range(100):
-            left = n_mask - len(masked)
-            if left < min_block:
-                break
-            area = rng.uniform(min_block, left)
-            ratio = math.exp(rng.uniform(math.log(aspect), -math.log(aspect)))
-            h, w = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
-            if not (0 < h <= grid and 0 < w <= grid):
-                continue
-            top, lft = rng.randint(0, grid - h), rng.randint(0, grid - w)
-            cells = {(top + i) * grid + lft + j for i in range(h) for j in range(w)} - masked
-            if 0 < len(cells) <= left:
-                masked |= cells
-        rest = [i for i in range(n) if i not in masked]
-        masked |= set(rng.sample(rest, n_mask - len(masked)))
-        keep.append(sorted(set(range(n)) - masked))
-    return torch.tensor(keep, dtype=torch.long, device=device)
 
 
 # ---- heads --------------------------------------------------------------------------------------------------
@@ -172,10 +140,12 @@ class MaskCLIPDong(Method):
 
     # ---- 2. masked self-distillation (image) ----------------------------------------------------------------
     def image_keep_indices(self, batch: int, device) -> torch.Tensor:
-        """Visible patch positions [B, K] (sorted); the rest are masked."""
-        n_mask = self.n_patches - max(1, int(self.n_patches * (1.0 - self.cfg["mask_ratio"])))
+        """Visible patch positions [B, K] (sorted); the rest are masked. Uniform random by default (spec §6);
+        ``block``: the masked set is BEiT's block-wise selection (BootMAE's masking), exactly N - K patches."""
         if self.cfg["mask_type"] == "block":
-            return block_keep_indices(batch, self.ctx.scale.patch_grid, n_mask, device)
+            n_mask = self.n_patches - max(1, int(self.n_patches * (1.0 - self.cfg["mask_ratio"])))
+            masked = block_keep_indices(batch, self.ctx.scale.patch_grid, n_mask, device)
+            return complement_indices(masked, self.n_patches)
         return random_keep_indices(batch, self.n_patches, self.cfg["mask_ratio"], device)
 
     def predict_masked(self, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
