@@ -134,7 +134,9 @@ def cmd_run(args) -> int:
     print(f"\n{len(outcomes)} run(s) in {time.perf_counter() - t0:.0f} s at scale {scale.name}:")
     for o in outcomes:
         print(f"  {o.spec.method:<18} seed {o.spec.seed}  {o.status}{'  ' + o.detail if o.detail else ''}")
-    if args.cluster != "slurm":
+    if args.cluster == "slurm":
+        print(f"\nfollow them with: python -m benchmark status --scale {scale.name} --results {args.results}")
+    else:
         _summary(Path(args.results), scale.name)
         if not args.no_report:
             _report(args.results, scale.name, args.reports)

@@ -12,21 +12,21 @@ import os
 import shutil
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import open_clip
 import torch
 
-from benchmark import discovery, flops
+from benchmark import discovery, distributed, flops
 from benchmark.data.train_data import load_training_data
 from benchmark.errors import RunFailed, UserError
 from benchmark.evaluation import suite
 from benchmark.method import Context
 from benchmark.results import code_version, read_json, rebuild_csv, run_dir, write_json
 from benchmark.scales import get_scale
-from benchmark.train import TrainPlan, train
+from benchmark.train import Interrupted, StopFlag, TrainPlan, train
 
 
 @dataclass
@@ -104,60 +104,98 @@ def check_config(spec: RunSpec, ident: dict) -> None:
 
 
 def device_for_run() -> torch.device:
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() \
-        else torch.device("cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", distributed.device_index(int(os.environ.get("LOCAL_RANK", 0))))
 
 
-def execute(spec: RunSpec, progress_bar: bool = True) -> dict:
-    """Train (or resume), evaluate and record one run. Returns its metrics.json content."""
+def discard_outputs(folder: Path, config: bool = False) -> None:
+    """What --force discards: checkpoints, logs, model, evaluations, metrics, error (and the config record)."""
+    for name in ("checkpoints", "evals", "metrics.json", "train.jsonl", "model.pt", "error.json") \
+            + (("config.json",) if config else ()):
+        p = folder / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _prepare(spec: RunSpec, ident: dict) -> dict | None:
+    """Rank 0, holding the run lock: refuse a foreign config, apply --force, return the metrics of a finished run
+    (nothing to do) or record the config and return None (train)."""
+    check_config(spec, ident)
+    if spec.force:
+        discard_outputs(spec.dir)
+    metrics_path = spec.dir / "metrics.json"
+    if metrics_path.exists():
+        return read_json(metrics_path)
+    write_json(spec.dir / "config.json", {"config_hash": config_hash(ident), "identity": ident,
+                                          "code_version": code_version(), "torch": torch.__version__,
+                                          "open_clip": open_clip.__version__})
+    (spec.dir / "error.json").unlink(missing_ok=True)
+    return None
+
+
+def execute(spec: RunSpec, progress_bar: bool = True, stop: StopFlag | None = None) -> dict | None:
+    """Train (or resume), evaluate and record one run. Returns its metrics.json content.
+
+    With several processes (torch.distributed initialised) every rank calls this; rank 0 holds the run lock and
+    writes every file, the others train and return None. ``stop``: a flag polled at every step; when it is raised
+    the run saves a checkpoint and raises ``Interrupted`` (a Slurm requeue), which is not a failure.
+    """
     scale = get_scale(spec.scale)
     ident = identity(spec)
-    with run_lock(spec.dir):
-        check_config(spec, ident)
-        if spec.force:
-            for name in ("checkpoints", "evals", "metrics.json", "train.jsonl", "model.pt", "error.json"):
-                p = spec.dir / name
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        metrics_path = spec.dir / "metrics.json"
-        if metrics_path.exists():
-            return read_json(metrics_path)
-        write_json(spec.dir / "config.json", {"config_hash": config_hash(ident), "identity": ident,
-                                              "code_version": code_version(), "torch": torch.__version__,
-                                              "open_clip": open_clip.__version__})
-        (spec.dir / "error.json").unlink(missing_ok=True)
+    env = distributed.current()
+    with run_lock(spec.dir) if env.is_main else nullcontext():
+        finished = distributed.broadcast_object(_prepare(spec, ident) if env.is_main else None)
+        if finished is not None:
+            return finished if env.is_main else None
         try:
-            metrics = _train_and_evaluate(spec, scale, ident, progress_bar)
-        except UserError:
+            metrics = _train_and_evaluate(spec, scale, ident, progress_bar, env, stop)
+        except (UserError, Interrupted):
             raise
         except Exception as e:
-            write_json(spec.dir / "error.json", {"error": f"{type(e).__name__}: {e}",
-                                                 "traceback": traceback.format_exc(), "time": time.time()})
+            if env.is_main:
+                write_json(spec.dir / "error.json", {"error": f"{type(e).__name__}: {e}",
+                                                     "traceback": traceback.format_exc(), "time": time.time()})
             raise RunFailed(f"{spec.label()} failed: {type(e).__name__}: {e} (details in {spec.dir}/error.json)") \
                 from e
         return metrics
 
 
-def _train_and_evaluate(spec: RunSpec, scale, ident: dict, progress_bar: bool) -> dict:
+def _build_method(info, spec: RunSpec, scale, ident: dict, device, rank: int = 0, world_size: int = 1):
+    ctx = Context(scale=scale, device=device, seed=spec.seed, rank=rank, world_size=world_size,
+                  results_root=Path(spec.results))
+    return info.cls(build_clip(scale, spec.seed), ident["method_config"], ctx).to(device)
+
+
+def _train_and_evaluate(spec: RunSpec, scale, ident: dict, progress_bar: bool,
+                        env: distributed.DistEnv = distributed.DistEnv(), stop: StopFlag | None = None) -> dict | None:
     device = device_for_run()
     info = _info(spec)
     data = load_training_data(scale, spec.data)
-    clip = build_clip(scale, spec.seed)
-    ctx = Context(scale=scale, device=device, seed=spec.seed, results_root=Path(spec.results))
-    method = info.cls(clip, ident["method_config"], ctx).to(device)
-    torch.manual_seed(spec.seed)                       # masks: a function of the seed alone
+    # The step plan is a single-process quantity (the global batch through one model): with several processes a
+    # world-size-1 copy counts it, so every rank and every world size plan the same steps.
+    planner = _build_method(info, spec, scale, ident, device) if env.world_size > 1 else None
+    method = _build_method(info, spec, scale, ident, device, env.rank, env.world_size)
+    planner = planner or method
+    # masks: a function of the seed alone (and of the rank: each rank draws its own)
+    torch.manual_seed(spec.seed if env.rank == 0 else spec.seed + 1_000_003 * env.rank)
 
     # Matched compute: FLOPs of a real step of this method, per phase, against the CLIP reference step.
     batch0 = data.batch(0, scale.batch_size, spec.seed, device)
-    reference = flops.reference_clip_flops(method.clip, batch0, method.clip_loss)
-    phases = [(frac, flops.count_step_flops(method, batch0, p)) for frac, p in method.phases()]
+    reference = flops.reference_clip_flops(planner.clip, batch0, planner.clip_loss)
+    phases = [(frac, flops.count_step_flops(planner, batch0, p)) for frac, p in planner.phases()]
+    del planner, batch0
     steps = flops.plan_steps(spec.match, scale, reference, [(f, c) for f, c in phases])
     per_step = sum(f * c for f, c in phases)
     eval_every = scale.eval_every_samples // scale.batch_size if scale.eval_every_samples else 0
     plan = TrainPlan(steps=steps, batch_size=scale.batch_size, seed=spec.seed, optim=scale.optim,
                      checkpoint_every=scale.checkpoint_every, eval_every_steps=eval_every, flops_per_step=per_step)
-    state = train(method, method, data, plan, spec.dir, device,
-                  periodic_eval=suite.zero_shot_probe(scale, device) if eval_every else None,
-                  progress_bar=progress_bar)
+    model = distributed.wrap(method, device)
+    with stop.armed() if stop is not None else nullcontext():
+        state = train(model, method, data, plan, spec.dir, device, rank=env.rank, world_size=env.world_size,
+                      periodic_eval=suite.zero_shot_probe(scale, device) if eval_every and env.is_main else None,
+                      stop_requested=stop if stop is not None else (lambda: False), progress_bar=progress_bar)
+    if not env.is_main:
+        return None                                    # rank 0 exports and evaluates
 
     compute = {"steps": steps, "samples_seen": steps * scale.batch_size, "train_flops": per_step * steps,
                "flops_per_step": per_step, "phase_flops_per_step": [list(p) for p in phases],

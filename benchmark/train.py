@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,7 +20,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from benchmark import checkpoint
+from benchmark import checkpoint, distributed
 from benchmark.faults import maybe_kill
 from benchmark.errors import NonFiniteLoss
 from benchmark.scales import Optim
@@ -76,7 +77,10 @@ def _rng_states(device) -> dict:
     return s
 
 
-def _restore_rng(states: dict, device) -> None:
+def _restore_rng(states: dict | list, device, rank: int = 0) -> None:
+    # A multi-process checkpoint holds one state per rank (each rank draws its own masks).
+    if isinstance(states, list):
+        states = states[rank] if rank < len(states) else states[0]
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.device(device).type == "cuda":
         torch.cuda.set_rng_state(states["cuda"], device)
@@ -102,9 +106,11 @@ def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, 
         blob = checkpoint.load(last, map_location=device)
         method.load_state_dict(blob["method"])
         opt.load_state_dict(blob["optimizer"])
-        _restore_rng(blob["rng"], device)
+        _restore_rng(blob["rng"], device, rank)
         state = TrainState(step=int(blob["step"]), wall_time_s=float(blob["wall_time_s"]),
                            history=list(blob["history"]))
+        if rank == 0:
+            print(f"resuming {run_dir} from {last.name} (step {state.step} of {plan.steps})", flush=True)
     if rank == 0:
         _truncate_log(log_path, state.step)
     warmup = plan.optim.warmup_samples // plan.batch_size
@@ -112,9 +118,11 @@ def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, 
         else torch.autocast("cpu", enabled=False)
 
     def save():
+        # Every rank reaches save() at the same step; the RNG states of all ranks are gathered, rank 0 writes.
+        rng = distributed.all_gather_object(_rng_states(device)) if world_size > 1 else _rng_states(device)
         if rank == 0:
             checkpoint.save(ckpt_dir, state.step, {
-                "method": method.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_states(device),
+                "method": method.state_dict(), "optimizer": opt.state_dict(), "rng": rng,
                 "step": state.step, "wall_time_s": state.wall_time_s, "history": state.history})
 
     model.train()
@@ -123,7 +131,10 @@ def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, 
                unit="step", disable=not progress_bar or rank != 0, leave=False)
     try:
         while state.step < plan.steps:
-            if stop_requested():
+            stop = stop_requested()
+            if world_size > 1:
+                stop = distributed.any_rank(stop)      # all ranks stop at the same step
+            if stop:
                 save()
                 raise Interrupted(f"stopped at step {state.step}")
             t0 = time.perf_counter()
@@ -148,14 +159,15 @@ def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, 
             state.wall_time_s += time.perf_counter() - t0
             bar.update()
             if log is not None and (step % plan.log_every == 0 or state.step == plan.steps):
-                row = {"step": state.step, "samples": state.step * plan.batch_size, "lr": lr,
+                row = {"step": state.step, "steps_total": plan.steps, "samples": state.step * plan.batch_size,
+                       "lr": lr,
                        "grad_norm": float(grad_norm), "wall_time_s": round(state.wall_time_s, 3),
                        **{k: float(v.detach().float()) for k, v in losses.items()}, **method.stats()}
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 bar.set_postfix(loss=f"{row['loss']:.3f}")
-            if periodic_eval is not None and plan.eval_every_steps and state.step % plan.eval_every_steps == 0 \
-                    and state.step < plan.steps:
+            if periodic_eval is not None and rank == 0 and plan.eval_every_steps \
+                    and state.step % plan.eval_every_steps == 0 and state.step < plan.steps:
                 point = {"step": state.step, "samples": state.step * plan.batch_size,
                          "train_flops": state.step * plan.flops_per_step, **periodic_eval(method)}
                 model.train()
@@ -174,10 +186,20 @@ def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, 
 
 
 class StopFlag:
-    """Turns SIGUSR2/SIGTERM into a checkpoint-and-stop at the next step boundary."""
+    """Turns a signal (SIGUSR2: Slurm's time limit or a preemption) into a checkpoint-and-stop at the next step
+    boundary: ``train`` polls it, saves a checkpoint and raises ``Interrupted``.
 
-    def __init__(self, signals=(signal.SIGUSR2, signal.SIGTERM)):
+    With ``pass_through`` (a Slurm job) the flag only catches the signal while armed (``with flag.armed():`` around
+    training); outside training nothing is unsaved, so the signal goes at once to the handler installed before the
+    flag (submitit's checkpoint-and-requeue), as does ``forward()`` after an ``Interrupted``, and a signal that
+    arrived after the last step boundary is forwarded when training ends.
+    """
+
+    def __init__(self, signals=(signal.SIGUSR2, signal.SIGTERM), pass_through: bool = False):
         self.requested = False
+        self.pass_through = pass_through
+        self._armed = not pass_through
+        self._signum = None
         self._old = {}
         if os.environ.get("MASKBENCH_NO_SIGNALS"):
             return
@@ -188,10 +210,31 @@ class StopFlag:
                 pass
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if self._armed:
+            self.requested, self._signum = True, signum
+        else:
+            self.forward(signum, frame)
 
     def __call__(self) -> bool:
         return self.requested
+
+    def forward(self, signum=None, frame=None) -> None:
+        """Hand the signal to the handler that was installed before this flag (a no-op if there was none)."""
+        signum = signum if signum is not None else self._signum
+        old = self._old.get(signum)
+        if callable(old):
+            old(signum, frame)
+
+    @contextmanager
+    def armed(self):
+        self._armed = True
+        try:
+            yield self
+        finally:
+            self._armed = not self.pass_through
+        # reached only when training ended normally (an Interrupted skips this: its catcher forwards)
+        if self.requested and self.pass_through:
+            self.forward()
 
     def restore(self):
         for s, h in self._old.items():
