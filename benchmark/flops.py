@@ -44,6 +44,8 @@ def reference_clip_flops(clip, batch: dict, clip_loss) -> int:
     """FLOPs of one plain CLIP step (full image, one text pass, ClipLoss): the unit of the compute budget."""
     import torch.nn.functional as F
     probe = copy.deepcopy(clip).train()
+    for p in probe.parameters():    # a plain CLIP trains both towers, whatever the method froze (UTA's text)
+        p.requires_grad_(True)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         img = F.normalize(probe.encode_image(batch["images"]), dim=-1)
         txt = F.normalize(probe.encode_text(batch["texts"]), dim=-1)

@@ -191,3 +191,21 @@ def test_contrastive_finetuning_stage(scale, teacher_file, batch):
     assert all(p.grad is None for n, p in method.clip.named_parameters()
                if not n.startswith("visual.") and n != "logit_scale"), "the text tower stays frozen"
     assert any(p.grad is not None for p in method.visual.parameters())
+
+
+def test_compute_budget_is_a_plain_clip_step_although_uta_freezes_the_text_tower(scale, teacher_file, batch):
+    from benchmark import flops
+    method = build(scale, teacher_file)
+    plain = build_clip(scale, 0)
+    assert flops.reference_clip_flops(method.clip, batch, method.clip_loss) == \
+        flops.reference_clip_flops(plain, batch, method.clip_loss)
+    # UTA's own step counts the teacher's full-image forward pass: the same step with the targets precomputed
+    # costs exactly that much less
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        targets = method.teacher_targets(batch["images"])
+    teacher_forward = counter.get_total_flops()
+    full = flops.count_step_flops(method, batch, 0.0)
+    method.teacher_targets = lambda images: targets
+    assert full - flops.count_step_flops(method, batch, 0.0) == teacher_forward > 0

@@ -30,13 +30,15 @@ MODES = ("paper", "code")
 
 # ---- §2 steps 1-2: patch features whose dot products are the cosine similarities ----------------------------
 def patch_features(images: torch.Tensor, patch: int, pixel_norm: bool = True) -> torch.Tensor:
-    """[B, N, p*p*3] unit vectors: the (CLIP-normalised) pixels of each patch, normalised per patch to zero mean
-    and unit (unbiased) variance as the official code does, then L2-normalised so that dot products are cosines
-    (= Pearson correlations of the two patches). A perfectly flat patch becomes the zero vector (similarity 0 with
-    everything; the official code's 0/0 gives NaN, which is never above tau either)."""
+    """[B, N, p*p*3] unit vectors whose dot products are the official similarities: the (CLIP-normalised) pixels
+    of each patch, normalised per patch to zero mean and unit variance, compared by cosine (= the Pearson
+    correlation of the two patches). Dividing by the patch's standard deviation is a positive per-patch scale,
+    which the cosine cancels exactly, so centring + L2 normalisation computes the same thing in fewer passes.
+    A perfectly flat patch becomes the zero vector (similarity 0 with everything; the official 0/0 gives NaN,
+    which is never above tau either)."""
     p = patchify(images.detach().float(), patch)
     if pixel_norm:
-        p = (p - p.mean(-1, keepdim=True)) / (p.var(-1, keepdim=True) + 1e-6).sqrt()
+        p = p - p.mean(-1, keepdim=True)
     return F.normalize(p, dim=-1)
 
 
