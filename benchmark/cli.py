@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--out", default="reports/perf")
     perf.add_argument("--measures", default="all")
     perf.add_argument("--repeats", type=int, default=10)
+    perf.add_argument("--scale", default="pocket", help="scale of P1-P3 and P6 (smoke for a quick check)")
+    perf.add_argument("--scratch", default=None, help="folder for P5's runs and UTA's teacher (default: a temp dir)")
     return parser
 
 
@@ -126,20 +128,25 @@ def cmd_run(args) -> int:
     if args.cluster == "slurm":
         import os
         os.environ["MASKBENCH_SLURM_PROFILE"] = args.slurm_profile or ""
+    t_data = time.perf_counter()
     if scale.data.kind == "embedded" and not args.data:
         from benchmark.evaluation.sets import embedded_folder
         embedded_folder(scale)                                  # generate once, before any job starts
     t0 = time.perf_counter()
     outcomes = launch(specs, cluster=args.cluster)
-    print(f"\n{len(outcomes)} run(s) in {time.perf_counter() - t0:.0f} s at scale {scale.name}:")
+    runs_s = time.perf_counter() - t0
+    print(f"\n{len(outcomes)} run(s) in {runs_s:.0f} s at scale {scale.name}:")
     for o in outcomes:
         print(f"  {o.spec.method:<18} seed {o.spec.seed}  {o.status}{'  ' + o.detail if o.detail else ''}")
     if args.cluster == "slurm":
         print(f"\nfollow them with: python -m benchmark status --scale {scale.name} --results {args.results}")
     else:
         _summary(Path(args.results), scale.name)
+        t_report = time.perf_counter()
         if not args.no_report:
             _report(args.results, scale.name, args.reports)
+        # where the time went (read by `benchmark perf`, measure P5)
+        print(f"timing: data {t0 - t_data:.1f} s, runs {runs_s:.1f} s, report {time.perf_counter() - t_report:.1f} s")
     return 1 if any(o.status != "done" and o.status != "submitted" for o in outcomes) else 0
 
 
