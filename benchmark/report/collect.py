@@ -152,6 +152,9 @@ def load(results: Path, scale: str) -> Results:
         for point in metrics.get("history", []):
             history.append({"method": method, "seed": seed, "final": False, **point})
 
+    if not folders and rows.empty:
+        raise UserError(f"{root} holds no runs; train first with `python -m benchmark run --scale {scale}`, "
+                        "or pass the folder with --results DIR")
     runs = pd.DataFrame(run_rows, columns=RUN_COLUMNS)
     tasks = list(dict.fromkeys(_expected_tasks(scale) + sorted(set(rows["task"])) +
                                sorted({t for _, _, t in task_errors})))
