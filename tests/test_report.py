@@ -225,14 +225,14 @@ def _write(path: Path, obj) -> None:
 
 
 def _fake_run(results: Path, method: str, seed: int, scores: dict, errors: dict = (), mask: float = 0.0,
-              ips: float = 100.0) -> None:
+              ips: float = 100.0, scale: str = "smoke") -> None:
     """A finished run: scores = {task: {dataset: main value}}; errors = {task: message}."""
-    run = results / "smoke" / method / f"seed{seed}"
+    run = results / scale / method / f"seed{seed}"
     flops = 1e9 * (1 - mask / 2)
     compute = {"steps": 10, "samples_seen": 320, "train_flops": flops * 10, "flops_per_step": flops,
                "wall_time_s": 320 / ips, "images_per_s": ips, "match": "flops"}
     ident = {"method": method, "seed": seed, "config_hash": f"{method}{seed}", "code_version": "abc",
-             "scale": "smoke"}
+             "scale": scale}
     _write(run / "config.json", {"config_hash": f"{method}{seed}", "identity": {"match": "flops"},
                                  "code_version": "abc"})
     history = [{"step": 5, "samples": 160, "train_flops": flops * 5, "task": "zeroshot_classification",
@@ -381,3 +381,23 @@ def test_bad_paper_yaml_is_named_with_the_fix(tmp_path):
     path.write_text(yaml.safe_dump(good))
     with pytest.raises(UserError, match="must be a number or null"):
         paper_tables.load_paper(path)
+
+
+def test_at_the_papers_scale_the_gap_ours_minus_paper_is_shown(tmp_path):
+    from benchmark.report import collect
+    for seed, acc in ((0, 0.30), (1, 0.34)):
+        _fake_run(tmp_path, "clip", seed, {"zeroshot_classification": {"imagenet1k": acc}}, scale="cc12m-b16")
+    rebuild_csv(tmp_path, "cc12m-b16")
+    res = collect.load(tmp_path, "cc12m-b16")
+    ours = {"task": "zeroshot_classification", "metric": "acc"}
+    table = {"id": "t", "title": "CLIP from scratch", "source": "S", "status": "C-page",
+             "setting": "ViT-B/16, CC3M / CC12M / YFCC-15M",
+             "columns": [{"name": "CC3M", "ours": ours}, {"name": "CC12M", "ours": ours}],
+             "rows": [{"name": "CLIP ViT-B/16 (SLIP recipe)", "method": "clip",
+                       "values": {"CC3M": 17.1, "CC12M": 36.5}}]}
+    built = paper_tables.build_table(res, table)
+    row = built.frame.set_index("row (as published)").loc["CLIP ViT-B/16 (SLIP recipe)"]
+    assert row["CC12M: ours"] == "32.0 ± 2.8 (n=2)"
+    assert row["CC12M: ours − paper"] == f"{32.0 - 36.5:+.1f}"
+    assert "CC3M: ours − paper" not in built.frame.columns          # CC3M is another scale
+    assert any("matches the paper's data and model for 'CC12M'" in c for c in built.caption)
