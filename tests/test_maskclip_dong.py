@@ -1,6 +1,7 @@
 """MaskCLIP (Dong et al. 2023): the mechanisms that define the method, checked on the smoke model.
 
-- the mean teacher is exactly the EMA of the student image encoder and never receives a gradient;
+- the mean teachers (image encoder; text tower in the distill variant) are exactly the EMA of the student and
+  never receive a gradient;
 - the student's masked pass never sees the masked tokens;
 - the distillation loss is computed on the masked positions only (for every target variant);
 - the text branch masks caption words only (never SOT, EOT or padding), at the configured rate.
@@ -36,29 +37,38 @@ def batch(scale, n=8, seed=0):
 
 
 @pytest.mark.parametrize("schedule", ["constant", "linear_ramp"])
-def test_teacher_is_the_ema_of_the_student_and_gets_no_gradient(smoke_scale, schedule):
-    m = build(smoke_scale, ema_schedule=schedule, ema_momentum=0.6, ema_momentum_end=0.9, ema_ramp_fraction=0.5)
+def test_teachers_are_the_ema_of_the_student_and_get_no_gradient(smoke_scale, schedule):
+    # text_branch=distill: the image teacher and the text tower's teacher are both replayed by hand
+    m = build(smoke_scale, ema_schedule=schedule, ema_momentum=0.6, ema_momentum_end=0.9, ema_ramp_fraction=0.5,
+              text_branch="distill")
     expected = {"constant": lambda p: 0.6, "linear_ramp": lambda p: 0.6 + 0.3 * min(1.0, p / 0.5)}[schedule]
     opt = make_optimizer(m, smoke_scale.optim)
-    assert not any(p is q for g in opt.param_groups for p in g["params"] for q in m.teacher.parameters())
-    replay = [p.detach().clone() for p in m.teacher.parameters()]          # the teacher starts as the student
-    assert all(torch.equal(r, s) for r, s in zip(replay, m.visual.parameters()))
-    k = 4
+    teachers = list(m.teacher.parameters()) + list(m.text_teacher.parameters())
+    assert not any(p is q for g in opt.param_groups for p in g["params"] for q in teachers)
+    text_names = [n for n, _ in m.text_teacher.named_parameters()]
+
+    def students():   # the student parameters each teacher parameter follows, in the same order
+        clip = dict(m.clip.named_parameters())
+        return list(m.visual.parameters()) + [clip[n] for n in text_names]
+
+    replay = [p.detach().clone() for p in teachers]                      # the teachers start as the student
+    assert all(torch.equal(r, s) for r, s in zip(replay, students()))
+    k = 3
     for step in range(k):
         progress = step / k
         losses = m(batch(smoke_scale, seed=step), progress)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        for p in m.teacher.parameters():
-            assert not p.requires_grad and p.grad is None, "the teacher received a gradient"
+        for p in teachers:
+            assert not p.requires_grad and p.grad is None, "a teacher received a gradient"
         opt.step()
         m.after_optimizer_step(progress)
         mom = expected(progress)
-        replay = [mom * r + (1 - mom) * s.detach() for r, s in zip(replay, m.visual.parameters())]
-    for r, t in zip(replay, m.teacher.parameters()):
+        replay = [mom * r + (1 - mom) * s.detach() for r, s in zip(replay, students())]
+    for r, t in zip(replay, teachers):
         torch.testing.assert_close(t, r, rtol=1e-5, atol=1e-6)
-    moved = max((t - s).abs().max().item() for t, s in zip(m.teacher.parameters(), m.visual.parameters()))
-    assert moved > 1e-4, "after k steps the teacher should lag the student"
+    lag = max((t - s).abs().max().item() for t, s in zip(teachers, students()))
+    assert lag > 1e-4, "after k steps the teachers should lag the student"
 
 
 def test_student_never_sees_masked_tokens(smoke_scale):
