@@ -22,6 +22,7 @@ class Encoder:
         self.batch_size = batch_size
         self._tokenize = make_tokenizer(context_length)
         self._images: dict[str, torch.Tensor] = {}
+        self._item_rows: dict[str, torch.Tensor] = {}   # lazy (on-disk) sources: one feature per image identity
         self._rows: dict[str, int] = {}
         self._table: list[torch.Tensor] = []
         self.encoded_images = 0       # counters: the encode-once guarantee is tested on them
@@ -29,7 +30,15 @@ class Encoder:
 
     @torch.no_grad()
     def images(self, key: str, images_u8) -> torch.Tensor:
-        """L2-normalised features [N, D] of the uint8 images [N, H, W, 3] of evaluation set ``key``."""
+        """L2-normalised features [N, D] of the uint8 images [N, H, W, 3] of evaluation set ``key``.
+
+        ``images_u8`` may also be a lazy source read from disk (real datasets): anything with ``item_keys``
+        (one identity per image, e.g. its file path) and ``load(indices) -> uint8 [n, H, W, 3]``. Its images
+        are cached per item (not per ``key``: two tasks' sets may share a name), so an image shared by two sets
+        (CIFAR's test images in zero-shot classification and the linear probe) is encoded once.
+        """
+        if hasattr(images_u8, "item_keys"):
+            return self._lazy_images(images_u8)
         if key not in self._images:
             was_training = getattr(self.model, "training", False)
             self.model.eval()
@@ -41,6 +50,27 @@ class Encoder:
             if was_training:
                 self.model.train()
         return self._images[key]
+
+    def _lazy_images(self, source) -> torch.Tensor:
+        keys = list(source.item_keys)
+        missing, seen = [], set()
+        for i, k in enumerate(keys):
+            if k not in self._item_rows and k not in seen:
+                seen.add(k)
+                missing.append(i)
+        if missing:
+            was_training = getattr(self.model, "training", False)
+            self.model.eval()
+            for i in range(0, len(missing), self.batch_size):
+                idx = missing[i:i + self.batch_size]
+                x = torch.as_tensor(source.load(idx)).permute(0, 3, 1, 2)
+                feats = F.normalize(self.model.encode_image(normalize_images(x, self.device)).float(), dim=-1).cpu()
+                for j, f in zip(idx, feats):
+                    self._item_rows[keys[j]] = f
+            self.encoded_images += len(missing)
+            if was_training:
+                self.model.train()
+        return torch.stack([self._item_rows[k] for k in keys])
 
     @torch.no_grad()
     def texts(self, strings: list[str]) -> torch.Tensor:

@@ -20,3 +20,18 @@ def evaluate_set(encoder: Encoder, s: EvalSet) -> dict:
                           encoder.tokenizer, classnames, templates, device="cpu", amp=False)
     return {"dataset": s.name, "metrics": metrics, "main_metric": MAIN_METRIC,
             "chance": s.meta.get("chance"), "notes": {k: v for k, v in s.meta.items() if k == "colour_only"}}
+
+
+DATASETS = ("imagenet1k", "cifar10", "cifar100")    # paper scales: ImageNet-1k val, CIFAR test splits
+
+
+def real_sets(root, scale) -> list[EvalSet]:
+    """ImageNet-1k (val), CIFAR-10 and CIFAR-100 (test) from ``root``, with clip_benchmark's class names and
+    English templates (ImageNet: OpenAI's 80)."""
+    from benchmark.evaluation import real_datasets as R
+
+    def read(name):
+        images, labels, classes = R.read_classification(root, name, "test", scale.image_size)
+        return EvalSet(name, images, [{"label": y} for y in labels],
+                       {"classnames": classes, "templates": R.templates(name), "chance": 1 / len(classes)})
+    return R.read_all({name: (lambda n=name: read(n)) for name in DATASETS})

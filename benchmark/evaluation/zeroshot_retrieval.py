@@ -20,3 +20,17 @@ def evaluate_set(encoder: Encoder, s: EvalSet) -> dict:
                           encoder.tokenizer, device="cpu", amp=False, recall_k_list=RECALL_K)
     return {"dataset": s.name, "metrics": metrics, "main_metric": MAIN_METRIC,
             "chance": 1 / len(s.items)}
+
+
+DATASETS = ("mscoco_captions", "flickr30k")         # paper scales: the Karpathy test splits (5k and 1k images)
+
+
+def real_sets(root, scale) -> list[EvalSet]:
+    """MSCOCO captions (Karpathy 5k test) and Flickr30k (Karpathy 1k test) from ``root``."""
+    from benchmark.evaluation import real_datasets as R
+
+    def read(name):
+        images, captions = (R.read_coco_captions(root, scale.image_size) if name == "mscoco_captions"
+                            else R.read_flickr(root, scale.image_size))
+        return EvalSet(name, images, [{"captions": c} for c in captions], {"chance": 1 / len(captions)})
+    return R.read_all({name: (lambda n=name: read(n)) for name in DATASETS})
