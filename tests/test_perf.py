@@ -138,3 +138,27 @@ def test_memory_child_reports_peak_rss_in_a_fresh_process():
     assert proc.returncode == 0, proc.stderr
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     assert row["method"] == "clip" and row["peak_rss_mib"] >= row["rss_before_model_mib"] > 0
+
+
+def test_mfu_uses_the_named_devices_peak_and_counted_flops():
+    from benchmark.perf import gpu
+    assert gpu.peak_bf16("NVIDIA H100 80GB HBM3") == 989.4e12
+    assert gpu.peak_bf16("NVIDIA H100 PCIe") == 756e12
+    assert gpu.peak_bf16("NVIDIA L40S") == 362e12 and gpu.peak_bf16("NVIDIA L4") == 121e12
+    assert gpu.peak_bf16("Some Future Accelerator") is None
+    # the GPU code path, run on the CPU at smoke scale with a named device
+    out = gpu.mfu(torch.device("cpu"), repeats=1, batch_size=4, scale_name="smoke",
+                  device_name="NVIDIA H100 80GB HBM3")
+    assert out["flops_per_step"] > 0 and 0 < out["mfu"] < 1 and out["met"] is False
+    assert out["mfu"] == pytest.approx(out["flops_per_step"] / (out["step"]["median_ms"] / 1e3) / 989.4e12, rel=1e-3)
+
+
+def test_report_renders_gpu_results():
+    m = {"device": "NVIDIA H100 80GB HBM3", "batch": 256, "precision": "bf16", "step": {"median_ms": 300.0,
+         "min_ms": 290.0, "n": 5}, "tflop_per_step": 140.0, "achieved_tflops": 466.7, "peak_bf16_tflops": 989.4,
+         "mfu": 0.4717, "mfu_best": 0.49, "met": True}
+    rep = {"device": {"cpu": "c", "cpu_cores": 16, "torch": "2", "torch_threads": 16, "device": "cuda",
+                      "gpu": "NVIDIA H100 80GB HBM3"}, "command": "perf", "elapsed_s": 1.0,
+           "measures": {"p7": {"device": "NVIDIA H100 80GB HBM3", "p1": {"error": "x"}, "mfu": m}}}
+    md = report.render(rep)
+    assert "GPU NVIDIA H100 80GB HBM3" in md and "47.2% / 49.0%" in md and "**met**" in md

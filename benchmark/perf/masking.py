@@ -80,4 +80,11 @@ def measure(scale: Scale, device: torch.device, repeats: int, synthetic: bool = 
     out["configs"].append({"name": wide.name, **measure_one(wide, scale.name, device, repeats, data,
                                                             min(wide_batch, scale.batch_size))})
     out["met"] = any(all(r["met"] for r in c["rows"]) for c in out["configs"])
+    out["explanation"] = (
+        "Counted FLOPs are forward + backward of every pass (attention included, SDPA math backend). Outside the "
+        "count, and not shrunk by masking: the optimizer step, clipping, batching, and per-operation overhead; "
+        "memory-bound operations (layer norm, GELU, softmax, copies) shrink with the tokens but not at the matmul "
+        "rate, and the CPU attention kernel's cost per (image, head) does not fall with the square of the tokens "
+        "as its FLOPs do. The fit's fixed part is what the step would cost at zero FLOPs; a negative one means "
+        "time fell faster than FLOPs over these points.")
     return out

@@ -123,10 +123,12 @@ def p5(res: dict) -> list[str]:
 def p6(res: dict) -> list[str]:
     lines = [res["method"] + f", scale {res['scale']}.", ""]
     has_cuda = any("cuda_max_allocated_mib" in r for r in res["rows"])
-    header = ["method", "params (M)", "RSS before model (MiB)", "peak RSS (MiB)", "model + steps (MiB)"]
+    header = ["method", "params (M)", "RSS with torch + data (MiB)", "peak: model + FLOP count (MiB)",
+              "peak: training steps (MiB)", "steps above baseline (MiB)", "process peak (MiB)"]
     lines += _table(header + (["CUDA max allocated (MiB)"] if has_cuda else []),
-                    [[r["method"], r["params_m"], r["rss_before_model_mib"], r["peak_rss_mib"],
-                      r["model_and_step_mib"]] + ([r.get("cuda_max_allocated_mib", "-")] if has_cuda else [])
+                    [[r["method"], r["params_m"], r["rss_before_model_mib"], r.get("flop_count_peak_mib", "-"),
+                      r["peak_rss_mib"], r["model_and_step_mib"], r.get("process_peak_mib", "-")]
+                     + ([r.get("cuda_max_allocated_mib", "-")] if has_cuda else [])
                      for r in res["rows"]])
     if res.get("errors"):
         lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in res["errors"].items())]
@@ -147,7 +149,7 @@ def p7(res: dict) -> list[str]:
             ["device", "batch", "precision", "ms/step median / min", "TFLOP/step", "achieved TFLOP/s",
              "peak bf16 TFLOP/s", "MFU (median / best)", "goal"],
             [[m["device"], m["batch"], m["precision"], _ms(m["step"]), m["tflop_per_step"], m["achieved_tflops"],
-              m["peak_bf16_tflops"], f"{m['mfu']} / {m.get('mfu_best')}" if m.get("mfu") else "-",
+              m["peak_bf16_tflops"], f"{m['mfu']:.1%} / {m['mfu_best']:.1%}" if m.get("mfu") else "-",
               _met(m.get("met"))]])) + [""]
     return lines
 
