@@ -34,6 +34,8 @@ def cpu_model() -> str:
 def device_info(device: torch.device) -> dict:
     info = {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "device": str(device)}
+    if os.environ.get("OMP_NUM_THREADS"):
+        info["omp_num_threads"] = os.environ["OMP_NUM_THREADS"]
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     try:

@@ -163,6 +163,7 @@ def render(report: dict) -> str:
     d = report["device"]
     lines = ["# maskbench performance", "",
              f"Device: {d['cpu']} ({d['cpu_cores']} cores), torch {d['torch']} with {d['torch_threads']} threads"
+             + (f" (OMP_NUM_THREADS={d['omp_num_threads']})" if d.get("omp_num_threads") else "")
              + (f", GPU {d['gpu']}" if d.get("gpu") else ", no GPU") + f"; measured on `{d['device']}`.",
              f"Load average at start / end: {report.get('load_start', '-')} / {report.get('load_end', '-')}. "
              "Other processes shared these cores while measuring: every comparison is interleaved round-robin in "
