@@ -110,13 +110,14 @@ def test_teacher_is_frozen_in_eval_mode_and_gets_no_gradient(scale, teacher_file
     assert all(torch.equal(text_before[k], text_after[k]) for k in text_before), "the text tower changed"
 
 
-def test_alignment_loss_is_zero_with_the_teachers_own_tower_at_mask_zero(scale, teacher_file, batch):
-    method = build(scale, teacher_file, mask_ratio=0.0)
+@pytest.mark.parametrize("target", ["projected", "features"])
+def test_alignment_loss_is_zero_with_the_teachers_own_tower_at_mask_zero(target, scale, teacher_file, batch):
+    method = build(scale, teacher_file, mask_ratio=0.0, target=target)
     method.visual.load_state_dict(method.teacher.state_dict())
     method.train()
     loss = method(batch, 0.0)["loss"]
     assert loss.item() < 1e-6
-    other = build(scale, teacher_file, mask_ratio=0.0)     # a student that is not the teacher is not aligned
+    other = build(scale, teacher_file, mask_ratio=0.0, target=target)   # a student that is not the teacher
     assert other(batch, 0.0)["loss"].item() > 0.1
 
 
