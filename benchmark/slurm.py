@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +31,10 @@ from benchmark.errors import UserError
 from benchmark.results import read_json, write_json
 from benchmark.runs import RunSpec, check_config, discard_outputs, execute, identity, run_lock
 from benchmark.scales import get_scale
+from benchmark.status import ACTIVE_STATES, RECORD, job_states
 from benchmark.train import Interrupted, StopFlag
 
 PROFILE_ENV = "MASKBENCH_SLURM_PROFILE"
-RECORD = "slurm.json"
 # Environment variables a job needs from the submitting shell (sbatch may be set up not to export them).
 FORWARDED_ENV = re.compile(r"^MASKBENCH_")
 
@@ -256,47 +255,6 @@ def _current_job_id() -> str:
     return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID", "")
 
 
-# ---- sacct -----------------------------------------------------------------------------------------------------------
-ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "CONFIGURING",
-                 "COMPLETING", "RESIZING", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD"}
-_JOB_ID = re.compile(r"^\d+(_\d+)?$")
-
-
-def job_states(job_ids: list[str]) -> dict[str, dict] | None:
-    """{job id: {"state", "exit_code", "elapsed", "reason"}} from sacct (allocations only), or None when sacct cannot
-    answer (no accounting, not on a cluster). A pending array task that sacct still lists as ``A_[0-3]`` gets that
-    line's state."""
-    ids = [j for j in dict.fromkeys(job_ids) if _JOB_ID.fullmatch(str(j))]
-    if not ids:
-        return {}
-    if shutil.which("sacct") is None:
-        return None
-    try:
-        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode,Elapsed,Reason",
-                              "-j", ",".join(ids)], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    rows: dict[str, dict] = {}
-    for line in out.stdout.splitlines():
-        parts = line.split("|")
-        if len(parts) < 5:
-            continue
-        rows[parts[0]] = {"state": parts[1].split()[0] if parts[1] else "UNKNOWN", "exit_code": parts[2],
-                          "elapsed": parts[3], "reason": parts[4]}
-    states = {}
-    for j in ids:
-        if j in rows:
-            states[j] = rows[j]
-        elif "_" in j:
-            array = j.split("_")[0]
-            pending = [v for k, v in rows.items() if k.startswith(f"{array}_[")]
-            if pending:
-                states[j] = pending[0]
-    return states
-
-
 def recorded_job(run_dir: Path) -> str | None:
     path = run_dir / RECORD
     if not path.exists():
@@ -395,15 +353,3 @@ def _record_submission(spec: RunSpec, job_id: str, deps: str, profile: Profile, 
     write_json(path, {"job_id": job_id, "submitted": time.time(), "dependency": deps or None,
                       "profile": profile.source, "submitit_folder": str(folder), "previous_job_ids": previous,
                       "starts": []})
-
-
-def job_logs(run_dir: Path) -> tuple[Path, Path] | None:
-    """The submitit stdout/stderr files of the run's recorded job."""
-    path = run_dir / RECORD
-    if not path.exists():
-        return None
-    rec = read_json(path)
-    if not rec.get("job_id") or not rec.get("submitit_folder"):
-        return None
-    folder = Path(rec["submitit_folder"])
-    return folder / f"{rec['job_id']}_0_log.out", folder / f"{rec['job_id']}_0_log.err"

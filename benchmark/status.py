@@ -7,6 +7,9 @@ that died without one, the Slurm state and the job's log).
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +17,65 @@ from pathlib import Path
 from benchmark import checkpoint
 from benchmark.errors import UserError
 from benchmark.results import read_json
-from benchmark.slurm import RECORD, job_logs, job_states
 
+RECORD = "slurm.json"            # written by benchmark.slurm at submission: the run's job id, its submitit folder
 _DIED = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
 
+# ---- sacct -----------------------------------------------------------------------------------------------------------
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "CONFIGURING",
+                 "COMPLETING", "RESIZING", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD"}
+_JOB_ID = re.compile(r"^\d+(_\d+)?$")
+
+
+def job_states(job_ids: list[str]) -> dict[str, dict] | None:
+    """{job id: {"state", "exit_code", "elapsed", "reason"}} from sacct (allocations only), or None when sacct cannot
+    answer (no accounting, not on a cluster). A pending array task that sacct still lists as ``A_[0-3]`` gets that
+    line's state."""
+    ids = [j for j in dict.fromkeys(job_ids) if _JOB_ID.fullmatch(str(j))]
+    if not ids:
+        return {}
+    if shutil.which("sacct") is None:
+        return None
+    try:
+        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode,Elapsed,Reason",
+                              "-j", ",".join(ids)], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    rows: dict[str, dict] = {}
+    for line in out.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) < 5:
+            continue
+        rows[parts[0]] = {"state": parts[1].split()[0] if parts[1] else "UNKNOWN", "exit_code": parts[2],
+                          "elapsed": parts[3], "reason": parts[4]}
+    states = {}
+    for j in ids:
+        if j in rows:
+            states[j] = rows[j]
+        elif "_" in j:
+            array = j.split("_")[0]
+            pending = [v for k, v in rows.items() if k.startswith(f"{array}_[")]
+            if pending:
+                states[j] = pending[0]
+    return states
+
+
+def job_logs(run_dir: Path) -> tuple[Path, Path] | None:
+    """The submitit stdout/stderr files of the run's recorded job."""
+    path = run_dir / RECORD
+    if not path.exists():
+        return None
+    rec = read_json(path)
+    if not rec.get("job_id") or not rec.get("submitit_folder"):
+        return None
+    folder = Path(rec["submitit_folder"])
+    return folder / f"{rec['job_id']}_0_log.out", folder / f"{rec['job_id']}_0_log.err"
+
+
+# ---- the table -------------------------------------------------------------------------------------------------------
 @dataclass
 class RunStatus:
     run: str

@@ -7,9 +7,12 @@
 3. Stop and resume: a stop raised on rank 1 only stops both ranks at the same step with one checkpoint (rank 0
    writes it, with the RNG state of each rank); resuming ends bit for bit where an uninterrupted 2-process run
    ends (FLIP: each rank draws its own masks, so the per-rank RNG state matters).
+4. A whole run (``runs.execute``) with 2 processes: the same step plan as one process, rank 0 alone writes the
+   run folder and evaluates, and every evaluation runs.
 """
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -19,11 +22,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from benchmark import distributed
+from benchmark import distributed, flops
 from benchmark.data.train_data import InMemoryPairs
 from benchmark.discovery import discover
 from benchmark.method import Context
-from benchmark.runs import build_clip
+from benchmark.runs import RunSpec, build_clip, config_hash, execute, identity
 from benchmark.scales import get_scale
 from benchmark.train import Interrupted, TrainPlan, train
 
@@ -60,7 +63,8 @@ def _params(method) -> dict:
 def _one_step(method, batch: dict, model=None) -> tuple[float, dict]:
     losses = (model or method)(batch, 0.0)
     losses["loss"].backward()
-    return float(losses["loss"].detach()), {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
+    grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
+    return float(losses["loss"].detach()), grads
 
 
 def _train(name: str, rank: int, world_size: int, run_dir: Path, steps: int, stop_at: int | None = None):
@@ -99,8 +103,10 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
             if interrupted else None
         resumed = _train("flip", rank, world_size, out / "flip-resumed", 4)
         straight = _train("flip", rank, world_size, out / "flip-straight", 4)
+        # 4. a whole run (train, export, evaluate) as a Slurm job with 2 tasks runs it
+        metrics = execute(RunSpec(method="clip", seed=0, scale="smoke", results=str(out / "runs")), progress_bar=False)
         torch.save({"loss": loss, "grads": grads, "params": params, "stopped_at": stopped_at,
-                    "resumed": resumed, "straight": straight}, out / f"rank{rank}.pt")
+                    "resumed": resumed, "straight": straight, "metrics": metrics}, out / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -153,3 +159,23 @@ def test_stop_on_one_rank_stops_all_and_resume_is_exact(two_ranks):
     for r in ranks:
         for name, p in r["straight"].items():
             assert torch.equal(r["resumed"][name], p), f"resumed {name} differs from the uninterrupted run"
+
+
+def test_two_process_run_plans_the_same_steps_and_rank0_writes(two_ranks):
+    out, ranks = two_ranks
+    assert ranks[1]["metrics"] is None                      # rank 0 exports, evaluates and records
+    metrics = ranks[0]["metrics"]
+    run = out / "runs" / "smoke" / "clip" / "seed0"
+    assert json.loads((run / "metrics.json").read_text())["compute"] == metrics["compute"]
+    # the step plan is a single-process quantity: the 2-process run trains the steps one process would
+    ident = identity(RunSpec(method="clip", seed=0, scale="smoke"))
+    assert metrics["config_hash"] == config_hash(ident)
+    assert metrics["compute"]["steps"] == flops.plan_steps(
+        "flops", SCALE, metrics["compute"]["reference_clip_flops_per_step"],
+        [(f, c) for f, c in metrics["compute"]["phase_flops_per_step"]])
+    assert metrics["compute"]["steps"] == SCALE.samples // SCALE.batch_size     # CLIP: the reference itself
+    errors = {task: r["error"] for task, r in metrics["evals"].items() if isinstance(r, dict) and "error" in r
+              and "No module named" not in r["error"]}   # (a task whose module is not written yet is not ours)
+    assert not errors, errors
+    log = [json.loads(line) for line in (run / "train.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r.get("type") != "eval"] == sorted({1, 11, metrics["compute"]["steps"]})

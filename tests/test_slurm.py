@@ -219,21 +219,22 @@ def test_stop_flag_catches_usr2_only_while_training():
 
 # ---- sacct and status -----------------------------------------------------------------------------------------------
 def test_job_states_parses_sacct(monkeypatch):
-    out = "12_0|COMPLETED|0:0|00:00:31|None\n12_1|CANCELLED by 0|0:15|00:00:02|None\n13_[0-1]|PENDING|0:0|00:00:00|Dependency\n"
+    out = ("12_0|COMPLETED|0:0|00:00:31|None\n12_1|CANCELLED by 0|0:15|00:00:02|None\n"
+           "13_[0-1]|PENDING|0:0|00:00:00|Dependency\n")
     calls = []
 
     def fake_run(cmd, **kw):
         calls.append(cmd)
         return subprocess.CompletedProcess(cmd, 0, out, "")
 
-    monkeypatch.setattr(slurm.shutil, "which", lambda name: "/usr/bin/sacct")
-    monkeypatch.setattr(slurm.subprocess, "run", fake_run)
-    states = slurm.job_states(["12_0", "12_1", "13_1", "x;rm"])
+    monkeypatch.setattr(status.shutil, "which", lambda name: "/usr/bin/sacct")
+    monkeypatch.setattr(status.subprocess, "run", fake_run)
+    states = status.job_states(["12_0", "12_1", "13_1", "x;rm"])
     assert calls[0][-1] == "12_0,12_1,13_1"                    # ids that are not job ids never reach sacct
     assert states["12_0"]["state"] == "COMPLETED" and states["12_1"]["state"] == "CANCELLED"
     assert states["13_1"]["state"] == "PENDING" and states["13_1"]["reason"] == "Dependency"
-    monkeypatch.setattr(slurm.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "no db"))
-    assert slurm.job_states(["12_0"]) is None
+    monkeypatch.setattr(status.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "no db"))
+    assert status.job_states(["12_0"]) is None
 
 
 def test_status_table(monkeypatch, tmp_path):
@@ -251,7 +252,8 @@ def test_status_table(monkeypatch, tmp_path):
     write_json(failed / "error.json", {"error": "RuntimeError: broken on purpose"})
     died = root / "flip" / "seed0"
     write_json(died / "slurm.json", {"job_id": "6", "submitit_folder": str(tmp_path)})
-    (tmp_path / "6_0_log.err").write_text("loading\nslurmstepd: error: *** JOB 6 CANCELLED AT 12:00 DUE TO TIME LIMIT ***\n")
+    (tmp_path / "6_0_log.err").write_text("loading\n"
+                                          "slurmstepd: error: *** JOB 6 CANCELLED AT 12:00 DUE TO TIME LIMIT ***\n")
     local = root / "flip" / "seed1"
     write_json(local / "config.json", {})
     write_json(local / "metrics.json", {"compute": {"steps": 15}})

@@ -43,7 +43,8 @@ def iter_shards(urls: list[str], report: ReadReport, max_bad_fraction: float = 0
     for url in urls:
         if not Path(url).exists():
             raise UserError(f"shard {url} does not exist; check the data path of the scale or --data")
-        for sample in wds.WebDataset(url, shardshuffle=False, handler=handler, empty_check=False):
+        # nodesplitter=None: this process reads every shard it is given, also inside a multi-process (DDP) run
+        for sample in wds.WebDataset(url, shardshuffle=False, handler=handler, empty_check=False, nodesplitter=None):
             if not any(ext in sample for ext in IMAGE_EXTS):
                 handler(ValueError(f"{url}: sample {sample.get('__key__')} has no image"))
                 continue
