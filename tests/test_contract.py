@@ -24,8 +24,9 @@ def teacher_results(tmp_path_factory, smoke_scale):
         if info.ok:
             needed |= set(info.cls.requires(info.config("smoke")))
     for name in sorted(needed):
-        for spec in with_requirements([RunSpec(method=name, seed=0, scale="smoke", results=str(root))]):
-            execute(spec, progress_bar=False)
+        for seed in (0, 3):      # the seeds the tests below build methods with
+            for spec in with_requirements([RunSpec(method=name, seed=seed, scale="smoke", results=str(root))]):
+                execute(spec, progress_bar=False)
     return root
 
 
