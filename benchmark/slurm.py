@@ -227,10 +227,17 @@ class TrainJob(submitit.helpers.Checkpointable):
             if env.is_main:
                 _record_start(spec.dir)
             return execute(spec, progress_bar=False, stop=stop)
-        except Interrupted:
+        except Interrupted as stopped:
             # Rank 0: submitit pickles checkpoint() and requeues the job, then exits. Other ranks: that requeue ends
             # this task too; wait for it rather than exit (a failed task would take the step down first).
-            stop.forward()
+            try:
+                stop.forward()
+            except Exception as e:
+                if env.is_main:            # submitit would not requeue (max_requeues reached): say so in the run
+                    write_json(spec.dir / "error.json", {
+                        "error": f"{type(e).__name__}: {e} ({stopped}; raise max_requeues or time_min in the profile, "
+                                 "then submit again: the run resumes from its checkpoint)", "time": time.time()})
+                raise
             time.sleep(600)
             raise RuntimeError("interrupted, but the job was not requeued within 10 minutes") from None
         finally:
@@ -298,15 +305,19 @@ def submit_sweep(specs: list[RunSpec], profile_path: str | None = None, methods_
     planned: list[_Planned] = []
     for spec in specs:
         key = (spec.method, spec.seed)
+        job = recorded[key]
+        active = live.get(job, {}).get("state") in ACTIVE_STATES if job else False
         if spec.force:
+            if active:
+                raise UserError(f"--force: {spec.label()} still has job {job} ({live[job]['state']}); cancel it "
+                                f"first (scancel {job}) or leave out --force to keep it")
             _discard(spec)
         else:
             check_config(spec, identity(spec))       # refuse a foreign run folder now, not in the job
-        job = recorded[key]
         if not spec.force and (spec.dir / "metrics.json").exists():
             outcomes[key] = Outcome(spec, "done", "already finished (metrics.json)")
             continue
-        if not spec.force and job and live.get(job, {}).get("state") in ACTIVE_STATES:
+        if active:
             outcomes[key] = Outcome(spec, "submitted", f"already queued as job {job} ({live[job]['state']})")
             job_of[key] = job
             continue

@@ -164,8 +164,8 @@ def collect(results: Path, scale: str) -> list[RunStatus]:
                     error += f"; log: {logs[1]}"
         step, total = _progress(d)
         ckpt, ckpt_step = _checkpoint(d)
-        if step is None and ckpt_step is not None:
-            step = ckpt_step
+        if ckpt_step is not None and (step is None or ckpt_step > step):
+            step = ckpt_step                      # the log is written every few steps, checkpoints may be newer
         progress = "-" if step is None else f"{step}/{total if total is not None else '?'}"
         if (d / "metrics.json").exists():
             detail = "done"

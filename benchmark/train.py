@@ -11,6 +11,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -213,7 +214,15 @@ class StopFlag:
         if self._armed:
             self.requested, self._signum = True, signum
         else:
+            self._forward_or_carry_on(signum, frame)
+
+    def _forward_or_carry_on(self, signum, frame=None) -> None:
+        try:
             self.forward(signum, frame)
+        except Exception as e:      # noqa: BLE001 - raised here, it would surface inside whatever code was running
+            # (submitit refusing a requeue, "timed-out too many times"): carry on; the work may still finish in time
+            print(f"signal {signal.Signals(signum).name} not acted on: {type(e).__name__}: {e}", file=sys.stderr,
+                  flush=True)
 
     def __call__(self) -> bool:
         return self.requested
@@ -234,7 +243,7 @@ class StopFlag:
             self._armed = not self.pass_through
         # reached only when training ended normally (an Interrupted skips this: its catcher forwards)
         if self.requested and self.pass_through:
-            self.forward()
+            self._forward_or_carry_on(self._signum)
 
     def restore(self):
         for s, h in self._old.items():

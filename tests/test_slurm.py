@@ -217,6 +217,25 @@ def test_stop_flag_catches_usr2_only_while_training():
         signal.signal(signal.SIGUSR2, previous)
 
 
+def test_a_refused_requeue_outside_training_does_not_break_the_running_code(capsys):
+    def refuse(signum, frame):       # submitit's handler once max_requeues is used up
+        raise RuntimeError("Job not requeued because: timed-out too many times.")
+    previous = signal.signal(signal.SIGUSR2, refuse)
+    try:
+        flag = StopFlag(signals=(signal.SIGUSR2,), pass_through=True)
+        os.kill(os.getpid(), signal.SIGUSR2)               # e.g. during evaluation: it carries on
+        assert "not acted on: RuntimeError: Job not requeued" in capsys.readouterr().err
+        with flag.armed():
+            os.kill(os.getpid(), signal.SIGUSR2)           # caught by the flag
+            with pytest.raises(RuntimeError, match="too many"):
+                flag.forward()          # after an Interrupted the refusal propagates (the job records it, fails)
+        # training ended with the signal pending: forwarded, refused, and the evaluation carries on
+        assert "not acted on" in capsys.readouterr().err
+        flag.restore()
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
 # ---- sacct and status -----------------------------------------------------------------------------------------------
 def test_job_states_parses_sacct(monkeypatch):
     out = ("12_0|COMPLETED|0:0|00:00:31|None\n12_1|CANCELLED by 0|0:15|00:00:02|None\n"
@@ -272,3 +291,20 @@ def test_status_table(monkeypatch, tmp_path):
     assert text.splitlines()[0].split() == ["run", "slurm", "step", "last", "checkpoint", "detail"]
     with pytest.raises(UserError, match="no runs under"):
         status.collect(tmp_path, "pocket")
+
+
+def test_force_refuses_a_run_whose_job_is_still_active(monkeypatch, tmp_path):
+    run = tmp_path / "results/smoke/clip/seed0"
+    write_json(run / "slurm.json", {"job_id": "9"})
+    write_json(run / "metrics.json", {})
+    monkeypatch.setattr(slurm, "job_states", lambda ids: {"9": {"state": "PENDING"}})
+    monkeypatch.setattr(slurm, "make_executor", lambda profile, scale, folder: _RecordingExecutor())
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: f"/usr/bin/{name}")
+    spec = RunSpec(method="clip", seed=0, scale="smoke", results=str(tmp_path / "results"), force=True)
+    with pytest.raises(UserError, match="scancel 9"):
+        slurm.submit_sweep([spec], "")
+    assert (run / "metrics.json").exists()
+    # once the job is gone, --force discards the run's outputs at submission (never in a requeued job)
+    monkeypatch.setattr(slurm, "job_states", lambda ids: {"9": {"state": "CANCELLED"}})
+    [outcome] = slurm.submit_sweep([spec], "")
+    assert outcome.status == "submitted" and not (run / "metrics.json").exists()
