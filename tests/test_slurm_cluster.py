@@ -173,7 +173,7 @@ def interrupted_sweep(tmp_path_factory):
     # MASKBENCH_* variables of the submitting shell reach the jobs: the methods folder, and the pause
     proc = run_cli("run", "--methods", "slowclip,broken", "--scale", "smoke", "--cluster", "slurm",
                    "--slurm-profile", profile, "--results", results, check=True,
-                   env={"MASKBENCH_METHODS": str(methods), "MASKBENCH_TEST_STEP_SLEEP": "0.5"})
+                   env={"MASKBENCH_METHODS": str(methods), "MASKBENCH_TEST_STEP_SLEEP": "1"})
     run = results / "smoke" / "slowclip" / "seed0"
     _wait(results, ["slowclip"], timeout=300, until=lambda: (run / "checkpoints" / "step_0000004.pt").exists())
     job = _job(results, "slowclip")
