@@ -114,9 +114,23 @@ def _specs(args, scale_name: str):
         all_infos[method].config(scale.name, values)          # validates keys, types and ranges now
     for info in names.values():
         info.config(scale.name, overrides.get(info.name, {}))
+    if args.dataset_root and not Path(args.dataset_root).is_dir():
+        raise UserError(f"--dataset-root {args.dataset_root} does not exist; pass the folder that holds the "
+                        "evaluation datasets (see benchmark/evaluation/real_datasets.py for the layout)")
     return scale, [RunSpec(method=i.name, seed=s, scale=scale.name, results=args.results, match=args.match,
                            overrides=overrides, force=getattr(args, "force", False), data=args.data,
                            dataset_root=args.dataset_root) for s in seeds for i in infos]
+
+
+def _refuse_before_writing(scale, specs, args) -> None:
+    """Bad input found before any run starts (and before anything is written): a run folder that holds another
+    config, and (when the runs train on this machine) training data that is missing or corrupt."""
+    from benchmark.runs import check_config, identity
+    for spec in specs:
+        check_config(spec, identity(spec))
+    if args.data and args.cluster != "slurm":
+        from benchmark.data.train_data import load_training_data
+        load_training_data(scale, args.data)
 
 
 def cmd_run(args) -> int:
@@ -125,6 +139,7 @@ def cmd_run(args) -> int:
     if not scale.runs_here and args.cluster != "slurm":
         raise UserError(f"scale {scale.name!r} is defined for a GPU cluster (ViT-B/16, {scale.samples:,} samples); "
                         "run it with --cluster slurm --slurm-profile FILE, or use --scale smoke|pocket here")
+    _refuse_before_writing(scale, specs, args)
     if args.cluster == "slurm":
         import os
         os.environ["MASKBENCH_SLURM_PROFILE"] = args.slurm_profile or ""

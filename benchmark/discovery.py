@@ -18,7 +18,7 @@ from benchmark import REPO_ROOT
 from benchmark.errors import UserError
 from benchmark.method import Method
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")   # method names reach paths and sbatch job names
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")  # method names reach paths and sbatch job names ($ takes "x\n")
 
 
 def methods_dir() -> Path:

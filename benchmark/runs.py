@@ -251,6 +251,8 @@ def reevaluate(spec: RunSpec) -> dict:
     """``benchmark eval``: evaluate a finished run's exported model again, without retraining."""
     scale = get_scale(spec.scale)
     ident = identity(spec)
+    if not (spec.dir / "metrics.json").exists():          # refused before the lock creates the folder
+        raise UserError(f"{spec.dir} has no finished run to evaluate; train it first with `benchmark run`")
     with run_lock(spec.dir):
         if not (spec.dir / "metrics.json").exists() or not (spec.dir / "model.pt").exists():
             raise UserError(f"{spec.dir} has no finished run to evaluate; train it first with `benchmark run`")

@@ -110,6 +110,7 @@ def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, 
         _restore_rng(blob["rng"], device, rank)
         state = TrainState(step=int(blob["step"]), wall_time_s=float(blob["wall_time_s"]),
                            history=list(blob["history"]))
+        method.record(**blob.get("stats", {}))     # the last step's statistics, even when no step is left to run
         if rank == 0:
             print(f"resuming {run_dir} from {last.name} (step {state.step} of {plan.steps})", flush=True)
     if rank == 0:
@@ -124,7 +125,8 @@ def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, 
         if rank == 0:
             checkpoint.save(ckpt_dir, state.step, {
                 "method": method.state_dict(), "optimizer": opt.state_dict(), "rng": rng,
-                "step": state.step, "wall_time_s": state.wall_time_s, "history": state.history})
+                "step": state.step, "wall_time_s": state.wall_time_s, "history": state.history,
+                "stats": method.stats()})
 
     model.train()
     log = open(log_path, "a") if rank == 0 else None
@@ -161,8 +163,7 @@ def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, 
             bar.update()
             if log is not None and (step % plan.log_every == 0 or state.step == plan.steps):
                 row = {"step": state.step, "steps_total": plan.steps, "samples": state.step * plan.batch_size,
-                       "lr": lr,
-                       "grad_norm": float(grad_norm), "wall_time_s": round(state.wall_time_s, 3),
+                       "lr": lr, "grad_norm": float(grad_norm), "wall_time_s": round(state.wall_time_s, 3),
                        **{k: float(v.detach().float()) for k, v in losses.items()}, **method.stats()}
                 log.write(json.dumps(row) + "\n")
                 log.flush()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -139,7 +140,10 @@ def load_training_data(scale: Scale, data_override: str | None = None) -> InMemo
         urls = [u for pattern in path.split("::") for u in braceexpand.braceexpand(pattern)]
         if not urls:
             raise UserError(f"data path {path!r} names no shards")
-        images, captions, _ = read_pairs_from_shards(urls, scale.image_size)
+        images, captions, report = read_pairs_from_shards(urls, scale.image_size)
+        if report.skipped:
+            print(f"warning: skipped {report.skipped} unreadable sample(s) in {path} ({report.read} read; last "
+                  f"error: {report.last_error})", file=sys.stderr)
     tokens = tokenize_cached(captions, scale.context_length, None)
     fp = hashlib.sha256(("\n".join(captions)).encode() + images.tobytes()[:1 << 20]).hexdigest()[:16]
     return InMemoryPairs(images, tokens, fp, augment=spec.augment)

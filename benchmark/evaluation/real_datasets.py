@@ -189,9 +189,26 @@ def read_imagenet(root, split: str, size: int):
     return ImageFiles(paths, size), labels, [names[known[w]] for w in wnids]
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """CIFAR's pickles hold dicts, lists, strings and numpy arrays; any other callable (code) is refused."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it calls {module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path):
     with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+        try:
+            return _ArraysOnly(f, encoding="latin1").load()
+        except pickle.UnpicklingError as e:
+            raise UserError(f"{path} is not a plain CIFAR pickle of arrays ({e}); refused unread: replace it with "
+                            "the original file") from None
 
 
 def read_cifar(root, name: str, split: str, size: int):
