@@ -5,8 +5,8 @@ Written down in docs/evaluation.md. In short:
   question string, no template), both frozen and encoded once;
 - answer vocabulary: the ``MAX_ANSWERS`` most frequent (normalised) majority answers of the training questions;
 - classifier: an MLP on [img, txt, img * txt] with one hidden layer of ``HIDDEN`` units (GELU), trained from
-  ``SEED`` with AdamW (lr ``LR``, weight decay ``WEIGHT_DECAY``), batch ``BATCH_SIZE``, ``EPOCHS`` epochs,
-  cosine decay without warmup, on the soft-target cross-entropy (the target distributes over the question's
+  ``SEED`` with AdamW (lr ``LR``, weight decay ``WEIGHT_DECAY``), batch ``BATCH_SIZE``, ``EPOCHS`` epochs but
+  at least ``MIN_STEPS`` steps, cosine decay without warmup, on the soft-target cross-entropy (the target distributes over the question's
   human answers that are in the vocabulary);
 - score on the held-out questions: VQAv2's accuracy (each answer averaged over the ten leave-one-out subsets of
   the ten human answers, min(#matching humans / 3, 1), after VQAv2's answer normalisation) where ten human
@@ -33,10 +33,11 @@ from benchmark.evaluation.sets import EvalSet
 TASK = "vqa"
 MAIN_METRIC = "acc"
 SEED = 0
-HIDDEN = 512
-EPOCHS = 30
+HIDDEN = 256
+EPOCHS = 20
+MIN_STEPS = 500
 BATCH_SIZE = 256
-LR = 1e-3
+LR = 2e-3
 WEIGHT_DECAY = 1e-4
 MAX_ANSWERS = 3129          # the usual VQAv2 vocabulary size (answers seen at least 9 times in train)
 
@@ -100,6 +101,11 @@ class Questions:
         return Questions(torch.zeros_like(self.image_feats), self.image_index, self.text_feats)
 
 
+def training_steps(n_questions: int) -> int:
+    """The fixed budget: ``EPOCHS`` epochs, but at least ``MIN_STEPS`` steps (small sets need the steps)."""
+    return max(EPOCHS * -(-n_questions // BATCH_SIZE), MIN_STEPS)
+
+
 def train_classifier(q: Questions, targets: torch.Tensor, seed: int = SEED, device="cpu") -> nn.Module:
     """The pinned answer classifier: an MLP from [img, txt, img * txt] to answer logits, soft targets [N, A]."""
     gen = torch.Generator().manual_seed(seed)
@@ -110,18 +116,18 @@ def train_classifier(q: Questions, targets: torch.Tensor, seed: int = SEED, devi
     targets = targets.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     per_epoch = -(-len(q) // BATCH_SIZE)
-    total = EPOCHS * per_epoch
-    for epoch in range(EPOCHS):
-        order = torch.randperm(len(q), generator=gen)
-        for i in range(per_epoch):
-            step = epoch * per_epoch + i
-            for g in opt.param_groups:                      # cosine decay, no warmup
-                g["lr"] = 0.5 * (1 + np.cos(np.pi * step / total)) * LR
-            b = order[i * BATCH_SIZE:(i + 1) * BATCH_SIZE]
-            loss = -(targets[b.to(device)] * F.log_softmax(model(q.batch(b, device)), dim=1)).sum(1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    total = training_steps(len(q))
+    for step in range(total):
+        i = step % per_epoch
+        if i == 0:                                          # a fresh shuffle every epoch
+            order = torch.randperm(len(q), generator=gen)
+        for g in opt.param_groups:                          # cosine decay, no warmup
+            g["lr"] = 0.5 * (1 + np.cos(np.pi * step / total)) * LR
+        b = order[i * BATCH_SIZE:(i + 1) * BATCH_SIZE]
+        loss = -(targets[b.to(device)] * F.log_softmax(model(q.batch(b, device)), dim=1)).sum(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     return model.eval()
 
 
@@ -199,8 +205,8 @@ def evaluate_set(encoder: Encoder, s: EvalSet, seed: int = SEED) -> dict:
     return {"dataset": s.name, "metrics": metrics, "main_metric": MAIN_METRIC, "chance": prior,
             "notes": {"chance": "accuracy of always answering the most frequent training answer",
                       "answers": len(vocab_list), "train_questions": len(kept), "test_questions": len(test),
-                      "seed": seed, "hidden": HIDDEN, "epochs": EPOCHS, "batch_size": BATCH_SIZE, "lr": LR,
-                      "weight_decay": WEIGHT_DECAY}}
+                      "seed": seed, "hidden": HIDDEN, "steps": training_steps(len(kept)), "batch_size": BATCH_SIZE,
+                      "lr": LR, "weight_decay": WEIGHT_DECAY}}
 
 
 def real_sets(root, scale) -> list[EvalSet]:
