@@ -106,7 +106,7 @@ def _best_weight_decay(xtr, ytr, xva, yva, n_classes: int, seed: int) -> float:
 
 
 @contextmanager
-def _one_cpu_thread(device: torch.device):
+def one_cpu_thread(device: torch.device):
     """The probe's matmuls are tiny: on CPU, threads only add contention (7x slower on a loaded 2-core box)."""
     n = torch.get_num_threads()
     if device.type == "cpu":
@@ -128,7 +128,7 @@ def probe(train_x, train_y, test_x, test_y, seed: int = SEED, device="cpu") -> d
     """clip_benchmark's linear-probe metrics of L2-normalised features (see the module docstring)."""
     device = torch.device(device)
     devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), _one_cpu_thread(device):   # seeded as clip_benchmark; restored
+    with torch.random.fork_rng(devices=devices), one_cpu_thread(device):   # seeded as clip_benchmark; restored
         train_x, test_x = torch.as_tensor(train_x).float(), torch.as_tensor(test_x).float()
         train_y, test_y = torch.as_tensor(train_y).long(), torch.as_tensor(test_y).long()
         tr, va = split_train_val(len(train_x), seed)
@@ -187,7 +187,7 @@ def clip_benchmark_probe(train_x, train_y, test_x, test_y, seed: int = SEED, dev
                            ("test", test_x, test_y)):
             torch.save(x, os.path.join(folder, f"features_{name}.pt"))   # cached features: no re-encoding
             torch.save(y, os.path.join(folder, f"targets_{name}.pt"))
-        with open(os.devnull, "w") as null, redirect_stdout(null), _one_cpu_thread(torch.device(str(device))):
+        with open(os.devnull, "w") as null, redirect_stdout(null), one_cpu_thread(torch.device(str(device))):
             out = cb.evaluate(_Features(), [], [], fewshot_k=-1, batch_size=BATCH_SIZE, num_workers=0, lr=LR,
                               epochs=EPOCHS, model_id="probe", seed=seed, feature_root=root, device=device,
                               val_dataloader=[], normalize=True, amp=False)
