@@ -53,7 +53,7 @@ die() { log "ERROR: $*"; exit 1; }
 running() {
     local pid
     [ -s "$1" ] || return 1
-    pid=$(tr -dc '0-9' < "$1")
+    pid=$(tr -dc '0-9' 2>/dev/null < "$1") || return 1   # the pid file may vanish as the daemon exits
     [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
     [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] || return 1
     [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]
