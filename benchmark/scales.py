@@ -30,6 +30,8 @@ class Data:
     path: str = ""                 # webdataset: brace pattern of shards; csv: file with path,caption
     dataset_root: str = ""         # real evaluation datasets (clip_benchmark layouts)
     augment: bool = False          # RandomResizedCrop(0.9-1.0) as open_clip trains
+    stream: bool = False           # read shards as a stream (datasets larger than memory) instead of loading them
+    workers: int = 8               # data-loading processes per GPU when streaming
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ SCALES: dict[str, Scale] = {
             samples=40 * 2_900_000,          # SLIP's CC3M ViT-B/16 CLIP: 40 epochs (anchors.md §6.2)
             optim=dataclasses.replace(_PAPER_OPTIM, lr=5e-4, weight_decay=0.5),
             data=Data(kind="webdataset", path="/datasets/cc3m/{00000..00331}.tar", dataset_root="/datasets",
-                      augment=True),
+                      augment=True, stream=True),
             eval_suite=PAPER_SUITE, checkpoint_every=1000, eval_every_samples=5 * 2_900_000,
             resources=_GPU8, runs_here=False,
         ),
@@ -144,7 +146,7 @@ SCALES: dict[str, Scale] = {
             samples=32 * 10_000_000,         # cluster masking recipe: CC12M (~10M live pairs), 32 epochs
             optim=_PAPER_OPTIM,
             data=Data(kind="webdataset", path="/datasets/cc12m/{00000..01242}.tar", dataset_root="/datasets",
-                      augment=True),
+                      augment=True, stream=True),
             eval_suite=PAPER_SUITE, checkpoint_every=1000, eval_every_samples=4 * 10_000_000,
             resources=_GPU8, runs_here=False,
         ),
@@ -155,7 +157,7 @@ SCALES: dict[str, Scale] = {
             samples=25 * 15_000_000,         # SLIP / MaskCLIP (Dong) YFCC-15M recipe: batch 4096, 25 epochs
             optim=Optim(lr=5e-4, weight_decay=0.5, warmup_samples=1 * 15_000_000, grad_clip=1.0),
             data=Data(kind="webdataset", path="/datasets/yfcc15m/{00000..01535}.tar", dataset_root="/datasets",
-                      augment=True),
+                      augment=True, stream=True),
             eval_suite=PAPER_SUITE, checkpoint_every=1000, eval_every_samples=5 * 15_000_000,
             resources=_GPU8, runs_here=False,
         ),

@@ -124,7 +124,7 @@ def _random_resized_crop(images: torch.Tensor, rng: np.random.Generator, scale=(
     return out
 
 
-def load_training_data(scale: Scale, data_override: str | None = None) -> InMemoryPairs:
+def load_training_data(scale: Scale, data_override: str | None = None):
     """The scale's training pairs. Embedded data is generated (or taken from the cache) first."""
     spec = scale.data
     path = data_override or spec.path
@@ -140,6 +140,9 @@ def load_training_data(scale: Scale, data_override: str | None = None) -> InMemo
         urls = [u for pattern in path.split("::") for u in braceexpand.braceexpand(pattern)]
         if not urls:
             raise UserError(f"data path {path!r} names no shards")
+        if spec.stream:
+            from benchmark.data.stream import StreamingPairs
+            return StreamingPairs(urls, scale.image_size, scale.context_length, spec.augment, spec.workers)
         images, captions, report = read_pairs_from_shards(urls, scale.image_size)
         if report.skipped:
             print(f"warning: skipped {report.skipped} unreadable sample(s) in {path} ({report.read} read; last "
