@@ -58,6 +58,8 @@ def save(folder: Path, step: int, state: dict) -> Path:
     for old in sorted(checkpoints(folder))[:-KEEP]:
         old.unlink(missing_ok=True)
         old.with_suffix(".sha256").unlink(missing_ok=True)
+    for stale in folder.glob(".step_*.tmp"):      # left by a process killed mid-write (one writer per run: the lock)
+        stale.unlink(missing_ok=True)
     return path
 
 

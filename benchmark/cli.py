@@ -114,6 +114,8 @@ def _specs(args, scale_name: str):
         all_infos[method].config(scale.name, values)          # validates keys, types and ranges now
     for info in names.values():
         info.config(scale.name, overrides.get(info.name, {}))
+    if any(ord(ch) < 32 for ch in args.results):      # it reaches `#SBATCH --output=` lines: a line break adds one
+        raise UserError(f"--results {args.results!r} contains a control character; pass a plain folder path")
     if args.dataset_root and not Path(args.dataset_root).is_dir():
         raise UserError(f"--dataset-root {args.dataset_root} does not exist; pass the folder that holds the "
                         "evaluation datasets (see benchmark/evaluation/real_datasets.py for the layout)")

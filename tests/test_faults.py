@@ -2,8 +2,9 @@
 
 Faults that need a real process to die (SIGKILL) or two processes at once run as child processes forked from a
 forkserver that has imported the harness once: ``python -m benchmark`` pays ~8 s of imports per start, a fork
-milliseconds. Everything else calls ``benchmark.cli.main`` in this process. One healthy smoke run of CLIP (made
-inside the failing sweep) is the reference every other run is compared with.
+milliseconds. Everything else calls ``benchmark.cli.main`` in this process. One healthy smoke run of FLIP (made
+inside the failing sweep; random masks, so a resume must restore the RNG too) is the reference every other run is
+compared with.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from benchmark.cli import main
 from benchmark.results import read_json
 
 SMOKE = ["--scale", "smoke", "--cluster", "debug"]
-CKPT_EVERY, STEPS = 4, 12                  # smoke: a checkpoint every 4 steps; CLIP takes 12 steps
+CKPT_EVERY = 4                             # smoke: a checkpoint every 4 steps
 FAULT_AT = 5                               # the step at which the faulty methods fail (after checkpoint 4)
 
 # ---- child processes ------------------------------------------------------------------------------------------------
@@ -131,7 +132,7 @@ def _faulty(root: Path, name: str, fault: str) -> None:
 @pytest.fixture(scope="module")
 def methods_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("methods")
-    shutil.copytree(REPO_ROOT / "methods" / "clip", root / "clip")
+    shutil.copytree(REPO_ROOT / "methods" / "flip", root / "flip")
     _faulty(root, "boom", "raise")
     _faulty(root, "nanloss", "nan")
     return root
@@ -139,9 +140,9 @@ def methods_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sweep(start_cli, methods_root, tmp_path_factory):
-    """A sweep in which one method raises at step 5 and one returns a NaN loss there; CLIP runs after both."""
+    """A sweep in which one method raises at step 5 and one returns a NaN loss there; FLIP runs after both."""
     root = tmp_path_factory.mktemp("sweep")
-    child = start_cli(["run", "--methods", "boom,nanloss,clip", *SMOKE, "--results", root / "results",
+    child = start_cli(["run", "--methods", "boom,nanloss,flip", *SMOKE, "--results", root / "results",
                        "--reports", root / "reports"], MASKBENCH_METHODS=str(methods_root))
     code = child.wait()
     return {"code": code, "stdout": child.stdout, "stderr": child.stderr, "results": root / "results",
@@ -154,7 +155,7 @@ def in_methods(methods_root, monkeypatch):
     return methods_root
 
 
-def _run_dir(results: Path, method: str = "clip") -> Path:
+def _run_dir(results: Path, method: str = "flip") -> Path:
     return Path(results) / "smoke" / method / "seed0"
 
 
@@ -195,20 +196,22 @@ def _latest_step(run: Path) -> int | None:
 
 # ---- 1. kills (and 4. concurrency) ---------------------------------------------------------------------------------
 def test_killed_run_resumes_to_identical_metrics_and_a_concurrent_run_is_refused(sweep, start_cli, tmp_path):
-    """Killed after step a, inside the write of checkpoint b and after step c (drawn from a seeded RNG: a = 2,
-    before any checkpoint; b = 8; c = 12, after training and before evaluation), then started again: the run
-    finishes with the metrics, log and weights of the uninterrupted run. While that last start holds the run, a
-    second `run` of the same run exits 2 and changes nothing."""
-    rng = random.Random(18)
-    a = rng.randint(1, 2 * CKPT_EVERY - 1)                 # resumes from the checkpoint at or before a
-    b = rng.choice([2 * CKPT_EVERY, STEPS])                 # checkpoint b half written: resumes from b - 4
-    c = rng.randint(b - CKPT_EVERY + 1, STEPS)              # c = 12: killed after training, before evaluation
+    """Killed after step a, inside the write of checkpoint b and after step c (drawn from a seeded RNG; with
+    FLIP's 15 smoke steps: a = 3, before any checkpoint; b = 12; c = 15, after training and before evaluation),
+    then started again: the run finishes with the metrics, log and weights of the uninterrupted run. While that
+    last start holds the run, a second `run` of the same run exits 2 and changes nothing."""
+    reference = _run_dir(sweep["results"])
+    steps = read_json(reference / "metrics.json")["compute"]["steps"]
+    rng = random.Random(17)
+    a = rng.randint(1, CKPT_EVERY - 1)                          # before the first checkpoint: starts from 0
+    b = rng.choice(range(2 * CKPT_EVERY, steps, CKPT_EVERY))    # checkpoint b half written: resumes from b - 4
+    c = rng.randint(b - CKPT_EVERY + 1, steps)                  # resumes from the checkpoint at or before c
     results = tmp_path / "results"
     run = _run_dir(results)
-    argv = ["run", "--methods", "clip", *SMOKE, "--results", results, "--no-report"]
-    for point, expected_latest in ((f"step:{a}", a // CKPT_EVERY * CKPT_EVERY or None),
+    argv = ["run", "--methods", "flip", *SMOKE, "--results", results, "--no-report"]
+    for point, expected_latest in ((f"step:{a}", None),
                                    (f"checkpoint:{b}", b - CKPT_EVERY),
-                                   (f"step:{c}", c // CKPT_EVERY * CKPT_EVERY)):
+                                   (f"step:{c}", c if c == steps else c // CKPT_EVERY * CKPT_EVERY)):
         child = start_cli(argv, MASKBENCH_KILL_AT=point, **sweep["env"])
         assert child.wait() == -9, f"{point}: the fault did not fire\n{child.stderr[-3000:]}"
         assert _latest_step(run) == expected_latest, point
@@ -227,7 +230,8 @@ def test_killed_run_resumes_to_identical_metrics_and_a_concurrent_run_is_refused
     assert "is being written by another process" in second.stderr and str(run) in second.stderr
     assert final.wait() == 0, final.stderr[-3000:]
     assert not (run / "error.json").exists()
-    _assert_same_run(run, _run_dir(sweep["results"]))
+    assert not list((run / "checkpoints").glob(".*.tmp")), "the half-written checkpoint was not cleaned up"
+    _assert_same_run(run, reference)
 
 
 def _two_checkpoints(folder: Path) -> tuple[Path, Path]:
@@ -264,6 +268,8 @@ def test_leftover_temporary_checkpoint_is_ignored(tmp_path):
     (tmp_path / ".step_0000012.pt.abc.tmp").write_bytes(b"half a checkpoint")
     assert [p.name for p in checkpoint.checkpoints(tmp_path)] == ["step_0000004.pt", "step_0000008.pt"]
     assert checkpoint.latest(tmp_path).name == "step_0000008.pt"
+    checkpoint.save(tmp_path, 12, {"step": 12})              # the next write clears it
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 # ---- 2. sweep isolation ---------------------------------------------------------------------------------------------
@@ -272,9 +278,9 @@ def test_failing_methods_fail_alone_and_the_sweep_finishes(sweep):
     lines = {ln.split()[0]: ln for ln in sweep["stdout"].splitlines() if "seed 0" in ln}
     assert "failed" in lines["boom"] and f"injected fault at step {FAULT_AT}" in lines["boom"]
     assert "failed" in lines["nanloss"] and f"non-finite loss at step {FAULT_AT}" in lines["nanloss"]
-    assert lines["clip"].split()[-1] == "done"
-    clip = _run_dir(sweep["results"])
-    assert (clip / "metrics.json").exists() and not (clip / "error.json").exists()
+    assert lines["flip"].split()[-1] == "done"
+    flip = _run_dir(sweep["results"])
+    assert (flip / "metrics.json").exists() and not (flip / "error.json").exists()
     for method, needle in (("boom", f"RuntimeError: injected fault at step {FAULT_AT}"),
                            ("nanloss", f"NonFiniteLoss: non-finite loss at step {FAULT_AT}")):
         run = _run_dir(sweep["results"], method)
@@ -286,7 +292,7 @@ def test_failing_methods_fail_alone_and_the_sweep_finishes(sweep):
         assert last is not None and last.name == "step_0000004.pt" and checkpoint.verified(last)
         assert checkpoint.load(last)["step"] == 4
     csv = (sweep["results"] / "smoke" / "results.csv").read_text()
-    assert ",clip," in csv and ",boom," not in csv and ",nanloss," not in csv
+    assert ",flip," in csv and ",boom," not in csv and ",nanloss," not in csv
 
 
 def test_status_and_report_show_the_failures(sweep, capsys):
@@ -295,7 +301,7 @@ def test_status_and_report_show_the_failures(sweep, capsys):
     assert f"RuntimeError: injected fault at step {FAULT_AT}" in rows["boom/seed0"]
     assert f"NonFiniteLoss: non-finite loss at step {FAULT_AT}" in rows["nanloss/seed0"]
     assert "step 4" in rows["nanloss/seed0"]                      # the last checkpoint
-    assert rows["clip/seed0"].rstrip().endswith("done")
+    assert rows["flip/seed0"].rstrip().endswith("done")
     for page in ("summary.md", "index.html"):
         text = (sweep["reports"] / page).read_text()
         assert f"injected fault at step {FAULT_AT}" in text and f"non-finite loss at step {FAULT_AT}" in text, page
@@ -416,6 +422,10 @@ def test_bad_input_exits_2_naming_the_input_and_the_fix_and_writes_nothing(tmp_p
         for needle in needles:
             assert needle in err, (argv, needle, err)
         assert not res.exists(), f"{argv} wrote {sorted(map(str, res.rglob('*')))}"
+    # a results path reaches `#SBATCH --output=` lines, where a line break would start a directive of its own
+    injected = str(tmp_path / "r\n#SBATCH --uid=0")
+    assert main(["run", "--methods", "good", "--scale", "smoke", "--cluster", "slurm", "--results", injected]) == 2
+    assert "--results" in capsys.readouterr().err and not Path(injected).exists()
 
 
 def test_corrupt_shard_members_are_skipped_and_counted(bad_shards, smoke_scale, capsys):
@@ -435,21 +445,21 @@ def test_corrupt_shard_members_are_skipped_and_counted(bad_shards, smoke_scale, 
 
 def test_different_config_in_the_same_results_folder_is_refused_and_nothing_changes(sweep, in_methods, tmp_path,
                                                                                     capsys):
-    """A finished run (clip) and a failed one with checkpoints (nanloss), asked again with another config: exit
+    """A finished run (flip) and a failed one with checkpoints (nanloss), asked again with another config: exit
     2 before anything starts (the default local cluster included), every file byte-identical."""
     results = tmp_path / "results"
-    for method in ("clip", "nanloss"):
+    for method in ("flip", "nanloss"):
         shutil.copytree(_run_dir(sweep["results"], method), _run_dir(results, method))
     before = _snapshot(results)
-    for argv, differs in ((["--methods", "clip", "--match", "samples"], "match"),
-                          (["--methods", "nanloss", "--set", "nanloss.at_step=7"], "method_config"),
-                          (["--methods", "clip,nanloss", "--set", "nanloss.at_step=7"], "method_config")):
+    for argv, differs in ((["--methods", "flip", "--set", "flip.mask_ratio=0.75"], "method_config"),
+                          (["--methods", "flip", "--match", "samples"], "match"),
+                          (["--methods", "flip,nanloss", "--set", "nanloss.at_step=7"], "method_config")):
         code = main(["run", "--scale", "smoke", "--results", str(results), "--no-report", *argv])
         err = capsys.readouterr().err
         assert code == 2, err
         assert "holds a run with a different config" in err and differs in err and "--force" in err
         assert _snapshot(results) == before
-        assert sorted(p.name for p in (results / "smoke").iterdir()) == ["clip", "nanloss"]
+        assert sorted(p.name for p in (results / "smoke").iterdir()) == ["flip", "nanloss"]
 
 
 # ---- 5. security ----------------------------------------------------------------------------------------------------
