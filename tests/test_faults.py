@@ -17,7 +17,6 @@ import pickle
 import random
 import shutil
 import sys
-import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,16 +80,20 @@ def start_cli(tmp_path_factory):
     """start_cli(argv, **env) -> Child: the CLI in a new process (forked from a server that imported the harness)."""
     logs = tmp_path_factory.mktemp("child-logs")
     _CTX.set_forkserver_preload(_PRELOAD)
-    count = iter(range(1000))
+    started: list[Child] = []
 
     def start(argv, **env) -> Child:
-        i = next(count)
-        child = Child(None, logs / f"{i}.out", logs / f"{i}.err")
+        child = Child(None, logs / f"{len(started)}.out", logs / f"{len(started)}.err")
         child.proc = _CTX.Process(target=_cli_in_child, args=([str(a) for a in argv], env, str(child.out),
                                                                str(child.err)))
         child.proc.start()
+        started.append(child)
         return child
     yield start
+    for child in started:                                          # a failed test leaves no run going
+        if child.proc.is_alive():
+            child.proc.kill()
+            child.proc.join()
     from multiprocessing import forkserver
     getattr(forkserver._forkserver, "_stop", lambda: None)()       # no server left behind
 
