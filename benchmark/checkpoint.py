@@ -19,7 +19,7 @@ KEEP = 2
 _NAME = re.compile(r"^step_(\d{7})\.pt$")
 
 
-def _digest(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -54,7 +54,7 @@ def save(folder: Path, step: int, state: dict) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    atomic_write_bytes(path.with_suffix(".sha256"), _digest(path).encode())
+    atomic_write_bytes(path.with_suffix(".sha256"), file_sha256(path).encode())
     for old in sorted(checkpoints(folder))[:-KEEP]:
         old.unlink(missing_ok=True)
         old.with_suffix(".sha256").unlink(missing_ok=True)
@@ -69,7 +69,7 @@ def checkpoints(folder: Path) -> list[Path]:
 
 def verified(path: Path) -> bool:
     digest = path.with_suffix(".sha256")
-    return digest.exists() and digest.read_text().strip() == _digest(path)
+    return digest.exists() and digest.read_text().strip() == file_sha256(path)
 
 
 def latest(folder: Path) -> Path | None:

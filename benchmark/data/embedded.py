@@ -25,6 +25,7 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
+from benchmark.checkpoint import file_sha256
 from benchmark.data import shapes as S
 
 VERSION = 1
@@ -222,14 +223,6 @@ def generate(out: Path, image_size: int, train_size: int, eval_size: int, seed: 
                 bar.update()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def ensure(image_size: int, train_size: int, eval_size: int, seed: int = 0, root: Path | None = None) -> Path:
     """The folder holding this embedded dataset, generating it first if it is not cached."""
     root = Path(root or cache_root() / "embedded")
@@ -241,7 +234,7 @@ def ensure(image_size: int, train_size: int, eval_size: int, seed: int = 0, root
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
         generate(tmp, image_size, train_size, eval_size, seed)
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
         manifest = {"version": VERSION, "image_size": image_size, "train_size": train_size,
                     "eval_size": eval_size, "seed": seed, "files": files}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
