@@ -143,6 +143,7 @@ def read_all(readers: dict) -> list:
             out.append(read())
         except UserError as e:
             missing.append(str(e))
+    missing = list(dict.fromkeys(missing))               # "no dataset root" once, not once per dataset
     if missing:
         raise UserError(f"{len(missing)} of {len(readers)} datasets could not be read:\n  " + "\n  ".join(missing))
     return out

@@ -6,8 +6,8 @@ Written down in docs/evaluation.md. In short:
 - answer vocabulary: the ``MAX_ANSWERS`` most frequent (normalised) majority answers of the training questions;
 - classifier: an MLP on [img, txt, img * txt] with one hidden layer of ``HIDDEN`` units (GELU), trained from
   ``SEED`` with AdamW (lr ``LR``, weight decay ``WEIGHT_DECAY``), batch ``BATCH_SIZE``, ``EPOCHS`` epochs but
-  at least ``MIN_STEPS`` steps, cosine decay without warmup, on the soft-target cross-entropy (the target distributes over the question's
-  human answers that are in the vocabulary);
+  at least ``MIN_STEPS`` steps, cosine decay without warmup, on the soft-target cross-entropy (the target
+  distributes over the question's human answers that are in the vocabulary);
 - score on the held-out questions: VQAv2's accuracy (each answer averaged over the ten leave-one-out subsets of
   the ten human answers, min(#matching humans / 3, 1), after VQAv2's answer normalisation) where ten human
   answers exist; exact match with the single answer otherwise (the embedded set).
