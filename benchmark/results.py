@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import subprocess
@@ -61,8 +62,16 @@ def code_version() -> str:
 
 
 def rebuild_csv(results: Path, scale: str) -> Path:
-    """Rewrite ``results/<scale>/results.csv`` from every run's eval JSONs (never appends, so never mixes)."""
+    """Rewrite ``results/<scale>/results.csv`` from every run's eval JSONs (never appends, so never mixes).
+    Runs finishing at the same time take turns (a lock), so the last writer has read every run."""
     root = Path(results) / scale
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".results.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _write_csv(root, scale)
+
+
+def _write_csv(root: Path, scale: str) -> Path:
     rows = []
     for ev in sorted(root.glob("*/seed*/evals/*.json")):
         r = read_json(ev)
