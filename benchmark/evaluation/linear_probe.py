@@ -7,7 +7,8 @@ L-BFGS) asserts CUDA. ``probe`` runs the same procedure on any device, step for 
    ``torch.manual_seed(seed)``, as clip_benchmark's CLI does with ``--val_proportion``;
 2. order the remaining train features by ``torch.randperm`` (clip_benchmark's few-shot selection, k = -1);
 3. choose the L2 penalty (AdamW weight decay) on the validation split: 7 coarse values of logspace(-6, 2, 97),
-   then refine around the best with spans 8, 4, 2, 1; each candidate is a fresh fit from the same seed;
+   then refine around the best with spans 8, 4, 2, 1; each candidate is a fresh fit from the same seed (a value
+   already scored is not fit again: same seed, same fit, same score);
 4. refit on train + validation with the chosen value and score top-1 / top-5 / mean per-class recall on test.
 
 One fit: ``nn.Linear`` (seeded init), AdamW(lr=LR, weight_decay), cross-entropy, ``EPOCHS`` epochs of shuffled
@@ -90,10 +91,14 @@ def _top1(model, x, y) -> float:
 
 
 def _best_weight_decay(xtr, ytr, xva, yva, n_classes: int, seed: int) -> float:
+    scores: dict[int, float] = {}      # a fit is a function of its weight decay: the centre is not refit
+
     def peak(candidates):
         best, best_acc = 0, 0
         for idx in candidates:
-            acc = _top1(_fit(xtr, ytr, n_classes, WD_GRID[idx], seed), xva, yva)
+            if idx not in scores:
+                scores[idx] = _top1(_fit(xtr, ytr, n_classes, WD_GRID[idx], seed), xva, yva)
+            acc = scores[idx]
             if best_acc < acc:
                 best, best_acc = idx, acc
         return best
