@@ -162,3 +162,16 @@ def test_report_renders_gpu_results():
            "measures": {"p7": {"device": "NVIDIA H100 80GB HBM3", "p1": {"error": "x"}, "mfu": m}}}
     md = report.render(rep)
     assert "GPU NVIDIA H100 80GB HBM3" in md and "47.2% / 49.0%" in md and "**met**" in md
+
+
+def test_measuring_a_subset_keeps_the_other_measures_of_an_existing_report(tmp_path):
+    from benchmark import perf
+    out = tmp_path / "out"
+    out.mkdir()
+    old = {"goal": "g", "skipped": "earlier run", "seconds": 1.0}
+    (out / "perf.json").write_text(json.dumps({"measures": {"p4": old, "p7": {"skipped": "stale"}}}))
+    assert perf.main(Namespace(out=str(out), measures="p7", repeats=1, scale="smoke", scratch=None)) == 0
+    data = json.loads((out / "perf.json").read_text())
+    assert list(data["measures"]) == ["p4", "p7"] and data["measures"]["p4"] == old
+    assert data["measures"]["p7"]["skipped"] != "stale" and data["measures"]["p7"]["measured_at"]
+    assert "## P4 evaluation" in (out / "perf.md").read_text()

@@ -7,11 +7,14 @@ overheads (``methods``), P4 evaluation (``evaluation`` -> ``benchmark.perf_eval`
 (``end_to_end``), P6 peak memory (``memory``), P7 GPU (``gpu``). Every comparison is interleaved round-robin
 (``timing``). Writes ``perf.json`` (every figure, with the raw samples) and ``perf.md`` (a table per measure,
 the goals, the device); both are rewritten after each measure, so an interrupted run keeps what it measured.
+Measuring a subset updates those measures in an existing ``perf.json`` in ``--out`` and keeps the others (each
+measure records when it was measured and with how many torch threads).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -42,7 +45,7 @@ def run_measure(key: str, scale, device, repeats: int, scratch: Path) -> dict:
     if key == "p3":
         return methods.measure(scale, device, repeats, scratch)
     if key == "p4":
-        return evaluation.measure(repeats)
+        return evaluation.measure(repeats, scale.name)
     if key == "p5":
         return end_to_end.measure(scratch, scale.name)
     if key == "p6":
@@ -70,12 +73,16 @@ def main(args) -> int:
     if not scale.runs_here:
         raise UserError(f"--scale {scale.name} is a cluster scale; measure at smoke or pocket")
     out = Path(args.out)
-    scratch = Path(args.scratch) if getattr(args, "scratch", None) else Path(tempfile.mkdtemp(prefix="maskbench-perf-"))
+    own_scratch = not getattr(args, "scratch", None)      # a temp folder we made is removed at the end
+    scratch = Path(tempfile.mkdtemp(prefix="maskbench-perf-")) if own_scratch else Path(args.scratch)
     device = harness.default_device()
     report = {"command": f"python -m benchmark perf --measures {args.measures} --repeats {args.repeats} "
                          f"--scale {scale.name}",
               "device": harness.device_info(device), "scale": scale.name, "repeats": args.repeats,
               "load_start": _load(), "measures": {}, "elapsed_s": 0.0}
+    previous = _previous(out / "perf.json")
+    if previous:
+        report["measures"] = {k: v for k, v in previous.items() if k not in measures}
     t_all = time.perf_counter()
     failed = False
     for key in measures:
@@ -88,11 +95,24 @@ def main(args) -> int:
             failed = True
             print(f"perf {key} failed: {res['error']}", file=sys.stderr, flush=True)
         res["seconds"] = round(time.perf_counter() - t0, 1)
+        res["measured_at"] = time.strftime("%Y-%m-%d %H:%M")
+        res["threads_used"] = torch.get_num_threads()
         report["measures"][key] = res
+        report["measures"] = {k: report["measures"][k] for k in MEASURES if k in report["measures"]}
         report["elapsed_s"], report["load_end"] = round(time.perf_counter() - t_all, 1), _load()
         write(out, report)
+    if own_scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
     print(f"wrote {out / 'perf.md'} and {out / 'perf.json'}")
     return 1 if failed else 0
+
+
+def _previous(path: Path) -> dict:
+    """The measures of an earlier report in the same folder (kept when this run measures others)."""
+    try:
+        return dict(json.loads(path.read_text()).get("measures", {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def _load() -> float | None:

@@ -93,8 +93,8 @@ def p4(res: dict) -> list[str]:
     bad = _unavailable(res)
     if bad:
         return bad + [f"Goal: {res.get('goal')}.", ""]
-    if "markdown" in res:          # perf_eval may render its own table
-        return [res["markdown"], ""]
+    if "markdown" in res:          # perf_eval renders its own tables
+        return [res["markdown"], "", f"Goal: {res['goal']}: {_met(res.get('met'))}.", ""]
     return _table(["figure", "value"], [[k, v] for k, v in _flat(res)]) + [""]
 
 
@@ -168,7 +168,8 @@ def render(report: dict) -> str:
              f"Load average at start / end: {report.get('load_start', '-')} / {report.get('load_end', '-')}. "
              "Other processes shared these cores while measuring: every comparison is interleaved round-robin in "
              "one process, and both medians and minimums are given (median / min).",
-             f"Command: `{report['command']}`; {report['elapsed_s']:.0f} s.", ""]
+             f"Command: `{report['command']}`; {report['elapsed_s']:.0f} s (measures from earlier runs into the same "
+             "folder are kept; each says when it was measured and with how many torch threads).", ""]
     for key, res in report["measures"].items():
         title, fn = TITLES[key]
         lines += [f"## {title}", ""]
@@ -178,5 +179,7 @@ def render(report: dict) -> str:
         except (KeyError, TypeError) as e:             # a result this renderer does not know: show it raw
             lines += [f"(raw result; rendering failed: {e})", "```json", json.dumps(res, indent=1), "```", ""]
         if res.get("seconds") is not None:
-            lines += [f"_{res['seconds']:.0f} s to measure._", ""]
+            lines += [f"_{res['seconds']:.0f} s to measure"
+                      + (f", at {res['measured_at']}" if res.get("measured_at") else "")
+                      + (f", torch threads {res['threads_used']}" if res.get("threads_used") else "") + "._", ""]
     return "\n".join(lines).rstrip() + "\n"

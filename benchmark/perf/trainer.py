@@ -17,6 +17,7 @@ import torch
 from open_clip.loss import ClipLoss
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from benchmark.data.train_data import normalize_images
 from benchmark.perf import harness, timing
 from benchmark.scales import Scale
 
@@ -24,9 +25,8 @@ from benchmark.scales import Scale
 class _PairsDataset(Dataset):
     """Per-sample (image, tokens) as open_clip's datasets yield them, from the harness's in-memory pairs."""
 
-    def __init__(self, data, n: int, device):
+    def __init__(self, data, n: int):
         idx = torch.arange(min(n, len(data)))
-        from benchmark.data.train_data import normalize_images
         self.images = normalize_images(data.images[idx], "cpu")
         self.tokens = data.tokens[idx]
 
@@ -76,7 +76,7 @@ class OpenClipLoop:
         warmup = scale.optim.warmup_samples // batch_size
         self.scheduler = cosine_lr(self.optimizer, scale.optim.lr, warmup, 1000)
         self.loss = ClipLoss(local_loss=False, gather_with_grad=False, cache_labels=True, rank=0, world_size=1)
-        dataset = _PairsDataset(data, max(batch_size * steps, batch_size * 8), device)
+        dataset = _PairsDataset(data, max(batch_size * steps, batch_size * 8))
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=0, drop_last=True,
                             sampler=RandomSampler(dataset, num_samples=batch_size * steps),
                             pin_memory=device.type == "cuda")
