@@ -142,15 +142,12 @@ def cmd_run(args) -> int:
         raise UserError(f"scale {scale.name!r} is defined for a GPU cluster (ViT-B/16, {scale.samples:,} samples); "
                         "run it with --cluster slurm --slurm-profile FILE, or use --scale smoke|pocket here")
     _refuse_before_writing(scale, specs, args)
-    if args.cluster == "slurm":
-        import os
-        os.environ["MASKBENCH_SLURM_PROFILE"] = args.slurm_profile or ""
     t_data = time.perf_counter()
     if scale.data.kind == "embedded" and not args.data:
         from benchmark.evaluation.sets import embedded_folder
         embedded_folder(scale)                                  # generate once, before any job starts
     t0 = time.perf_counter()
-    outcomes = launch(specs, cluster=args.cluster)
+    outcomes = launch(specs, cluster=args.cluster, slurm_profile=args.slurm_profile)
     runs_s = time.perf_counter() - t0
     print(f"\n{len(outcomes)} run(s) in {runs_s:.0f} s at scale {scale.name}:")
     for o in outcomes:

@@ -4,43 +4,14 @@ fails alone (runs that need it are skipped), the rest of the sweep finishes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
 
-from benchmark import discovery
+from benchmark import slurm
 from benchmark.errors import RunFailed, UserError
 from benchmark.runs import RunSpec, execute
-
-
-@dataclass
-class Outcome:
-    spec: RunSpec
-    status: str          # "done", "failed", "skipped"
-    detail: str = ""
-
-
-def with_requirements(specs: list[RunSpec], methods_dir: Path | None = None) -> list[RunSpec]:
-    """Add the runs that ``requires`` names (same scale, seed and results folder), teachers first."""
-    ordered: list[RunSpec] = []
-    seen: set[tuple[str, int]] = set()
-
-    def visit(spec: RunSpec, stack: tuple[str, ...]):
-        if (spec.method, spec.seed) in seen:
-            return
-        if spec.method in stack:
-            raise UserError(f"methods require each other in a cycle: {' -> '.join(stack + (spec.method,))}")
-        info = discovery.resolve([spec.method], methods_dir)[0]
-        cfg = info.config(spec.scale, spec.overrides.get(spec.method, {}))
-        for req in info.cls.requires(cfg):
-            visit(RunSpec(**{**spec.__dict__, "method": req, "force": False}), stack + (spec.method,))
-        seen.add((spec.method, spec.seed))
-        ordered.append(spec)
-
-    for s in specs:
-        visit(s, ())
-    return ordered
+from benchmark.sweep import Outcome, blocked_by, with_requirements
 
 
 def _executor(cluster: str, folder: Path):
@@ -55,19 +26,17 @@ def _executor(cluster: str, folder: Path):
 
 
 def launch(specs: list[RunSpec], cluster: str = "local", methods_dir: Path | None = None,
-           progress_bar: bool = True) -> list[Outcome]:
-    """Run ``specs`` one after another (two CPU cores: running them side by side only slows each)."""
+           progress_bar: bool = True, slurm_profile: str | None = None) -> list[Outcome]:
+    """Run ``specs`` one after another (two CPU cores: running them side by side only slows each); with
+    ``cluster="slurm"`` submit them with the profile YAML ``slurm_profile`` instead."""
     specs = with_requirements(specs, methods_dir)
     if cluster == "slurm":
-        from benchmark.slurm import submit_sweep   # noqa: PLC0415 - only needed on a cluster
-        return submit_sweep(specs)
+        return slurm.submit_sweep(specs, slurm_profile, methods_dir)
     executor = _executor(cluster, Path(specs[0].results) / specs[0].scale / ".submitit")
     outcomes: list[Outcome] = []
     failed: set[tuple[str, int]] = set()
     for spec in specs:
-        info = discovery.resolve([spec.method], methods_dir)[0]
-        blocked = [r for r in info.cls.requires(info.config(spec.scale, spec.overrides.get(spec.method, {})))
-                   if (r, spec.seed) in failed]
+        blocked = blocked_by(spec, failed, methods_dir)
         if blocked:
             outcomes.append(Outcome(spec, "skipped", f"required run(s) failed: {', '.join(blocked)}"))
             failed.add((spec.method, spec.seed))

@@ -37,7 +37,7 @@ from clip_benchmark.metrics import zeroshot_classification as cb_zsc
 from clip_benchmark.metrics import zeroshot_retrieval as cb_zsr
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from benchmark.data.train_data import normalize_images, tokenizer
+from benchmark.data.preprocess import normalize_images, tokenizer
 from benchmark.evaluation import linear_probe as lp
 from benchmark.evaluation import suite, vqa
 from benchmark.evaluation.features import Encoder

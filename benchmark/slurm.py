@@ -32,9 +32,9 @@ from benchmark.results import read_json, write_json
 from benchmark.runs import RunSpec, check_config, discard_outputs, execute, identity, run_lock
 from benchmark.scales import get_scale
 from benchmark.status import ACTIVE_STATES, RECORD, job_states
+from benchmark.sweep import Outcome, requirements
 from benchmark.train import Interrupted, StopFlag
 
-PROFILE_ENV = "MASKBENCH_SLURM_PROFILE"
 # Environment variables a job needs from the submitting shell (sbatch may be set up not to export them).
 FORWARDED_ENV = re.compile(r"^MASKBENCH_")
 
@@ -280,12 +280,11 @@ class _Planned:
 
 
 def submit_sweep(specs: list[RunSpec], profile_path: str | None = None, methods_dir: Path | None = None):
-    """Submit ``specs`` (already ordered by ``launch.with_requirements``) and return one Outcome per run."""
-    from benchmark.launch import Outcome      # noqa: PLC0415 - launch imports this module lazily
-
+    """Submit ``specs`` (already ordered by ``sweep.with_requirements``) with the profile YAML ``profile_path``
+    (None: the scale's resources alone) and return one Outcome per run."""
     if not specs:
         return []
-    profile = load_profile(profile_path if profile_path is not None else os.environ.get(PROFILE_ENV))
+    profile = load_profile(profile_path)
     if shutil.which("sbatch") is None:
         raise UserError("--cluster slurm: sbatch is not on PATH; run from a Slurm login node, or start the local test "
                         "cluster with `bash slurm/local-cluster.sh up` (root)")
@@ -321,9 +320,7 @@ def submit_sweep(specs: list[RunSpec], profile_path: str | None = None, methods_
             outcomes[key] = Outcome(spec, "submitted", f"already queued as job {job} ({live[job]['state']})")
             job_of[key] = job
             continue
-        info = discovery.resolve([spec.method], Path(spec.methods_dir))[0]
-        cfg = info.config(spec.scale, spec.overrides.get(spec.method, {}))
-        needs = [(r, spec.seed) for r in info.cls.requires(cfg)]
+        needs = [(r, spec.seed) for r in requirements(spec, Path(spec.methods_dir))]
         planned.append(_Planned(dataclasses.replace(spec, force=False), needs))
 
     # Waves: a run is submitted once every run it needs has a job id (or is finished); runs with the same

@@ -8,7 +8,7 @@ import torch
 
 from benchmark.data.train_data import load_training_data
 from benchmark.discovery import discover
-from benchmark.launch import with_requirements
+from benchmark.sweep import with_requirements
 from benchmark.method import Context
 from benchmark.runs import RunSpec, build_clip, execute
 

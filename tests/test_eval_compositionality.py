@@ -9,7 +9,7 @@ from clip_benchmark.datasets.builder import image_captions_collate_fn
 from clip_benchmark.metrics import image_caption_selection as cb
 from torch.utils.data import DataLoader
 
-from benchmark.data.train_data import tokenizer
+from benchmark.data.preprocess import tokenizer
 from benchmark.evaluation import compositionality as comp
 from benchmark.evaluation import suite
 from benchmark.evaluation.features import Encoder

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.data.train_data import normalize_images
+from benchmark.data.preprocess import normalize_images
 from benchmark.errors import UserError
 from benchmark.evaluation import real_datasets as R
 from benchmark.evaluation import suite

@@ -10,7 +10,7 @@ from clip_benchmark.metrics import zeroshot_classification as cb_zsc
 from clip_benchmark.metrics import zeroshot_retrieval as cb_zsr
 from torch.utils.data import DataLoader, Dataset
 
-from benchmark.data.train_data import normalize_images, tokenizer
+from benchmark.data.preprocess import normalize_images, tokenizer
 from benchmark.evaluation import suite
 from benchmark.evaluation.features import Encoder
 from benchmark.runs import build_clip

@@ -137,7 +137,7 @@ def methods_with_teacher(tmp_path):
 
 
 def _sweep(monkeypatch, tmp_path, methods_dir, names, seeds=(0, 1)):
-    from benchmark.launch import with_requirements
+    from benchmark.sweep import with_requirements
     ex = _RecordingExecutor()
     monkeypatch.setattr(slurm, "make_executor", lambda profile, scale, folder: ex)
     monkeypatch.setattr(slurm.shutil, "which", lambda name: f"/usr/bin/{name}")
@@ -171,7 +171,7 @@ def test_finished_runs_are_skipped_and_queued_ones_not_resubmitted(monkeypatch, 
     ex = _RecordingExecutor()
     monkeypatch.setattr(slurm, "make_executor", lambda profile, scale, folder: ex)
     monkeypatch.setattr(slurm.shutil, "which", lambda name: f"/usr/bin/{name}")
-    from benchmark.launch import with_requirements
+    from benchmark.sweep import with_requirements
     specs = [RunSpec(method=m, seed=0, scale="smoke", results=str(tmp_path / "results"),
                      methods_dir=str(methods_with_teacher)) for m in ("student", "plain")]
     outcomes = {o.spec.method: o for o in slurm.submit_sweep(with_requirements(specs, methods_with_teacher), "")}

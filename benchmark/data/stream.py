@@ -15,7 +15,7 @@ import torch
 import webdataset as wds
 
 from benchmark.data.readers import IMAGE_EXTS
-from benchmark.data.train_data import OPENAI_MEAN, OPENAI_STD, tokenizer
+from benchmark.data.preprocess import OPENAI_MEAN, OPENAI_STD, tokenizer
 
 
 class StreamingPairs:

@@ -15,20 +15,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 
 from benchmark.data import embedded
+from benchmark.data.preprocess import normalize_images, tokenizer
 from benchmark.data.readers import read_pairs_from_csv, read_pairs_from_shards
 from benchmark.errors import UserError
 from benchmark.scales import Scale
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def tokenizer(context_length: int) -> open_clip.SimpleTokenizer:
-    return open_clip.SimpleTokenizer(context_length=context_length)
 
 
 def tokenize_cached(captions: list[str], context_length: int, cache_dir: Path | None) -> torch.Tensor:
@@ -41,14 +34,6 @@ def tokenize_cached(captions: list[str], context_length: int, cache_dir: Path | 
     if path is not None:
         _atomic_save(path, lambda f: np.save(f, tokens.numpy()))
     return tokens
-
-
-def normalize_images(images_u8: torch.Tensor, device, dtype=torch.float32) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> normalised float on ``device`` (open_clip's OpenAI mean/std)."""
-    x = images_u8.to(device, non_blocking=True).to(dtype).div_(255)
-    mean = torch.tensor(OPENAI_MEAN, device=device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(OPENAI_STD, device=device, dtype=dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 class InMemoryPairs:

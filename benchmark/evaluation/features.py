@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from benchmark.data.train_data import normalize_images, tokenizer as make_tokenizer
+from benchmark.data.preprocess import normalize_images, tokenizer as make_tokenizer
 
 
 class Encoder:

@@ -17,7 +17,7 @@ import torch
 from open_clip.loss import ClipLoss
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from benchmark.data.train_data import normalize_images
+from benchmark.data.preprocess import normalize_images
 from benchmark.perf import harness, timing
 from benchmark.scales import Scale
 
