@@ -19,7 +19,9 @@ class Optim:
     betas: tuple[float, float] = (0.9, 0.98)   # open_clip ViT defaults (clip_flip.md §1.4)
     eps: float = 1e-6
     warmup_samples: int = 0                    # linear warmup, then cosine to 0
-    grad_clip: float = 1.0
+    # Global-norm gradient clipping; None = off, as in every official recipe (open_clip_train's
+    # --grad-clip-norm defaults to None; FLIP's configs and SLIP's main.py do not clip).
+    grad_clip: float | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ PAPER_SUITE = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe", 
 
 # The small-scale recipe shared by CLIP, FLIP and cluster masking (cluster_masking.md §6 / clip_flip.md §4):
 # global batch 2048, lr 5e-4, warmup 2000 steps, AdamW (0.9, 0.98, 1e-6), wd 0.2.
-_PAPER_OPTIM = Optim(lr=5e-4, weight_decay=0.2, warmup_samples=2000 * 2048, grad_clip=1.0)
+_PAPER_OPTIM = Optim(lr=5e-4, weight_decay=0.2, warmup_samples=2000 * 2048)
 _GPU8 = Resources(gpus_per_node=8, nodes=1, cpus_per_task=8, mem_gb=64, time_min=24 * 60)
 
 SCALES: dict[str, Scale] = {
@@ -155,7 +157,7 @@ SCALES: dict[str, Scale] = {
             model=VIT_B16,
             batch_size=4096,
             samples=25 * 15_000_000,         # SLIP / MaskCLIP (Dong) YFCC-15M recipe: batch 4096, 25 epochs
-            optim=Optim(lr=5e-4, weight_decay=0.5, warmup_samples=1 * 15_000_000, grad_clip=1.0),
+            optim=Optim(lr=5e-4, weight_decay=0.5, warmup_samples=1 * 15_000_000),
             data=Data(kind="webdataset", path="/datasets/yfcc15m/{00000..01535}.tar", dataset_root="/datasets",
                       augment=True, stream=True),
             eval_suite=PAPER_SUITE, checkpoint_every=1000, eval_every_samples=5 * 15_000_000,

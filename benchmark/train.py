@@ -1,6 +1,6 @@
 """One training loop for every method (nanoGPT-style: everything a step does is visible here).
 
-AdamW with open_clip's parameter groups, linear warmup then cosine, gradient clipping, bf16 autocast on GPU,
+AdamW with open_clip's parameter groups, linear warmup then cosine, optional gradient clipping, bf16 autocast on GPU,
 the method's ``after_optimizer_step`` (logit-scale clamp, EMA). Checkpoints every N steps and at the end;
 on start the run resumes from its latest checkpoint and continues exactly as if never stopped: model,
 optimizer, RNG state and data position (the batch of a step is a function of the seed and the step).
@@ -39,6 +39,15 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
 def make_optimizer(module: torch.nn.Module, optim: Optim) -> torch.optim.AdamW:
     return torch.optim.AdamW(param_groups(module, optim.weight_decay), lr=optim.lr, betas=optim.betas,
                              eps=optim.eps, fused=True)
+
+
+def clip_gradients(parameters, max_norm: float | None) -> torch.Tensor:
+    """The global gradient norm, clipped to ``max_norm`` first when it is set (open_clip_train/train.py:
+    ``clip_grad_norm_`` only under ``--grad-clip-norm``)."""
+    params = [p for p in parameters if p.grad is not None]
+    if max_norm is None:
+        return torch.nn.utils.get_total_norm([p.grad for p in params])
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def lr_at(step: int, steps: int, warmup: int, base_lr: float) -> float:
@@ -155,7 +164,7 @@ def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, 
                                     f"is kept in {ckpt_dir}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(method.parameters(), plan.optim.grad_clip)
+            grad_norm = clip_gradients(method.parameters(), plan.optim.grad_clip)
             opt.step()
             method.after_optimizer_step(progress)
             state.step += 1

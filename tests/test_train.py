@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from benchmark.results import read_json
-from benchmark.train import lr_at, param_groups
+from benchmark.train import clip_gradients, lr_at, param_groups
 from conftest import run_cli
 
 
@@ -15,6 +15,23 @@ def test_lr_warmup_then_cosine():
     assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
     assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
     assert lr_at(99, 100, 10, 1.0) < 0.001
+
+
+def test_no_gradient_clipping_by_default_as_the_official_recipes():
+    """open_clip_train's --grad-clip-norm defaults to None; FLIP's configs and SLIP's main.py do not clip."""
+    from benchmark.scales import SCALES, Optim
+    assert Optim(lr=1e-3, weight_decay=0.1).grad_clip is None
+    assert all(s.optim.grad_clip is None for s in SCALES.values())
+
+
+def test_clip_gradients_measures_without_clipping_and_clips_when_set():
+    w = torch.nn.Parameter(torch.zeros(4))
+    unused = torch.nn.Parameter(torch.zeros(2))          # no gradient: skipped
+    w.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])
+    assert float(clip_gradients([w, unused], None)) == pytest.approx(5.0)
+    assert torch.equal(w.grad, torch.tensor([3.0, 4.0, 0.0, 0.0]))          # untouched
+    assert float(clip_gradients([w, unused], 1.0)) == pytest.approx(5.0)    # the norm before clipping
+    assert float(w.grad.norm()) == pytest.approx(1.0, rel=1e-5)
 
 
 def test_no_weight_decay_on_gains_biases_and_logit_scale(smoke_scale):

@@ -18,7 +18,7 @@ from benchmark.errors import NonFiniteLoss
 from benchmark.method import Context
 from benchmark.runs import build_clip
 from benchmark.scales import Scale
-from benchmark.train import lr_at, make_optimizer
+from benchmark.train import clip_gradients, lr_at, make_optimizer
 
 
 def cpu_model() -> str:
@@ -136,7 +136,7 @@ class HarnessStep:
             raise NonFiniteLoss(f"non-finite loss in a perf step of {type(self.method).__name__}")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.scale.optim.grad_clip)
+        clip_gradients(self.method.parameters(), self.scale.optim.grad_clip)
         self.opt.step()
         self.method.after_optimizer_step(self.progress)
         self.step += 1

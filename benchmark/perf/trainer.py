@@ -47,7 +47,7 @@ class _DataInfo:
         pass
 
 
-def open_clip_args(device: torch.device, batch_size: int, grad_clip: float) -> argparse.Namespace:
+def open_clip_args(device: torch.device, batch_size: int, grad_clip: float | None) -> argparse.Namespace:
     """The fields ``train_one_epoch`` reads, with open_clip_train's defaults for a one-process run."""
     precision = "amp_bf16" if device.type == "cuda" else "fp32"
     return argparse.Namespace(device=str(device), precision=precision, distill=False, accum_freq=1,

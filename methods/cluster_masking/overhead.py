@@ -22,7 +22,7 @@ from benchmark.discovery import discover
 from benchmark.method import Context
 from benchmark.runs import build_clip
 from benchmark.scales import get_scale
-from benchmark.train import make_optimizer
+from benchmark.train import clip_gradients, make_optimizer
 
 
 def timed(fn, device) -> float:
@@ -58,7 +58,7 @@ def measure(scale_name: str = "pocket", repeats: int = 30, batch_size: int | Non
             loss = method(batch, 0.0)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(method.parameters(), scale.optim.grad_clip)
+        clip_gradients(method.parameters(), scale.optim.grad_clip)
         opt.step()
 
     def select():
