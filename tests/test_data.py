@@ -46,13 +46,30 @@ def test_zero_shot_classes_need_shape_not_only_colour(tmp_path):
     folder = embedded.ensure(32, 100, 200, root=tmp_path)
     meta = json.loads((folder / "zeroshot_classification.meta.json").read_text())
     _, items = read_eval_set(str(folder / "zeroshot_classification.tar"))
-    assert len(meta["classnames"]) == len(shapes.COLOURS) * len(shapes.SHAPES)
-    # every colour appears with several shapes, so knowing the colour leaves 1/6 at best
-    by_colour = {}
+    assert len(meta["classnames"]) == len(shapes.COLOURS) * len(shapes.SIZES) * len(shapes.SHAPES)
+    # every (size, colour) appears with several shapes, so knowing colour and size leaves 1/6 at best
+    by_colour_size = {}
     for it in items:
-        colour = meta["classnames"][it["label"]].split()[0]
-        by_colour.setdefault(colour, set()).add(it["label"])
-    assert all(len(v) >= 3 for v in by_colour.values())
+        size, colour, _ = meta["classnames"][it["label"]].split()
+        by_colour_size.setdefault((size, colour), set()).add(it["label"])
+    assert all(len(v) >= 3 for v in by_colour_size.values())
+    assert meta["colour_only"] == 1 / len(shapes.SHAPES)
+
+
+def test_zero_shot_prompts_are_training_captions():
+    """Every prompt of an image's class is the caption a training scene like it gets (the grammar the text tower
+    learned): no size-free or picture-of prompts, no size averaged away."""
+    meta = embedded._set_meta("zeroshot_classification")
+    n = 0
+    for _, scene, _, item in embedded._eval_items("zeroshot_classification", 300, seed=0):
+        name = meta["classnames"][item["label"]]
+        assert [t.format(c=name) for t in meta["templates"]] == [scene.caption()]
+        n += 1
+    assert n == 300
+    # and every class prompt is a caption the training generator can produce
+    rng = np.random.default_rng(0)
+    train_captions = {shapes.sample_scene(rng, "single").caption() for _ in range(5000)}
+    assert {t.format(c=c) for c in meta["classnames"] for t in meta["templates"]} == train_captions
 
 
 def test_relations_are_unambiguous():
