@@ -44,7 +44,8 @@ def _overrides(values: list[str]) -> dict[str, dict]:
 def _common(p: argparse.ArgumentParser, methods: bool = True) -> None:
     if methods:
         p.add_argument("--methods", default="all", help="'all' or comma-separated method names")
-        p.add_argument("--seeds", nargs="+", default=["0"], help="one or more non-negative integers")
+        p.add_argument("--seeds", nargs="+", default=None,
+                       help="one or more non-negative integers (default: the scale's seeds; pocket 0 1 2, others 0)")
     p.add_argument("--scale", default="pocket", help="smoke, pocket, cc3m-b16, cc12m-b16, yfcc15m-b16")
     p.add_argument("--results", default="results", help="results folder (default results/)")
 
@@ -100,10 +101,10 @@ def cmd_list(args) -> int:
 def _specs(args, scale_name: str):
     from benchmark.discovery import resolve
     from benchmark.runs import RunSpec
-    from benchmark.scales import get_scale
+    from benchmark.scales import default_seeds, get_scale
     scale = get_scale(scale_name)
     infos = resolve(args.methods)
-    seeds = _seeds(args.seeds)
+    seeds = _seeds(args.seeds) if args.seeds else list(default_seeds(scale.name))
     overrides = _overrides(getattr(args, "set", []))
     names = {i.name: i for i in infos}
     from benchmark.discovery import discover

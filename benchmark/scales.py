@@ -167,6 +167,15 @@ SCALES: dict[str, Scale] = {
 }
 
 
+# Seeds a sweep runs when --seeds is not given: at pocket three, so every table has a seed spread (a run's
+# numbers do not depend on this, so it is not part of the scale's identity).
+DEFAULT_SEEDS: dict[str, tuple[int, ...]] = {"pocket": (0, 1, 2)}
+
+
+def default_seeds(name: str) -> tuple[int, ...]:
+    return DEFAULT_SEEDS.get(name, (0,))
+
+
 def get_scale(name: str) -> Scale:
     if name not in SCALES:
         raise UserError(f"unknown scale {name!r}: choose one of {', '.join(SCALES)} (--scale)")

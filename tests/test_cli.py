@@ -72,3 +72,15 @@ def test_bad_values_exit_2(tmp_path, monkeypatch, capsys):
         assert code == 2, (extra, err)
         assert needle in err, (extra, err)
     assert not res.exists(), "nothing may be written on bad input"
+
+
+def test_pocket_runs_three_seeds_by_default_other_scales_one():
+    from benchmark.cli import _specs, build_parser
+
+    def seeds(*argv):
+        args = build_parser().parse_args(["run", "--methods", "clip", *argv])
+        return [s.seed for s in _specs(args, args.scale)[1]]
+    assert seeds() == [0, 1, 2]                       # pocket is the default scale
+    assert seeds("--scale", "smoke") == [0]
+    assert seeds("--seeds", "4") == [4]
+    assert seeds("--scale", "smoke", "--seeds", "1", "2") == [1, 2]
