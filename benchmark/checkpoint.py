@@ -27,8 +27,29 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def process_umask() -> int:
+    """The process umask, read without changing it (Linux: /proc; elsewhere set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def mkstemp_like_open(folder: Path, name: str) -> tuple[int, str]:
+    """``tempfile.mkstemp`` in ``folder``, but with the mode ``open()`` would give (0o666 less the umask, i.e. 0644
+    by default) instead of mkstemp's 0600, so that labmates on a shared cluster can read results and checkpoints."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~process_umask())
+    return fd, tmp
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = mkstemp_like_open(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -43,7 +64,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def save(folder: Path, step: int, state: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step:07d}.pt"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = mkstemp_like_open(folder, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)

@@ -1,5 +1,8 @@
-"""Command line (DESIGN §9). Exit status: 0 success, 2 bad input (the message names the input and the fix),
-1 when a run failed."""
+"""maskbench: train and evaluate masked vision-language pretraining methods at matched compute.
+
+Exit status: 0 success, 2 bad input (the message names the input and the fix), 1 when a run failed (the others
+still finish; its error is in <run>/error.json and shown by `status` and `report`).
+"""
 from __future__ import annotations
 
 import argparse
@@ -12,16 +15,25 @@ import yaml
 from benchmark.errors import UserError
 
 
+def split_list(values: list[str] | str) -> list[str]:
+    """``--methods a,b``, ``--methods a b`` and ``--methods a, b`` all give ["a", "b"] (likewise --seeds)."""
+    values = [values] if isinstance(values, str) else values
+    return [item.strip() for v in values for item in v.split(",") if item.strip()]
+
+
 def _seeds(values: list[str]) -> list[int]:
     out = []
-    for v in values:
+    for v in split_list(values):
         try:
             s = int(v)
         except ValueError:
-            raise UserError(f"--seeds {v!r} is not an integer; pass non-negative integers, e.g. --seeds 0 1") from None
+            raise UserError(f"--seeds {v!r} is not an integer; pass non-negative integers, e.g. --seeds 0 1 "
+                            "or --seeds 0,1") from None
         if s < 0:
             raise UserError(f"--seeds {s} is negative; pass non-negative integers, e.g. --seeds 0 1")
         out.append(s)
+    if not out:
+        raise UserError("--seeds is empty; pass non-negative integers, e.g. --seeds 0 1")
     return list(dict.fromkeys(out))
 
 
@@ -41,46 +53,81 @@ def _overrides(values: list[str]) -> dict[str, dict]:
     return out
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every flag's help line ends with its default (flags without one: none shown); descriptions keep their
+    line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if default in (None, False, [], argparse.SUPPRESS) or not action.option_strings or "%(default)" in text:
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, list) else str(default)
+        return f"{text} (default: {shown})"
+
+
+SCALES = "smoke, pocket, cc3m-b16, cc12m-b16, yfcc15m-b16"
+
+
+def _sub(sub, name: str, help: str, description: str = "") -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=description or help, formatter_class=_HelpFormatter)
+
+
 def _common(p: argparse.ArgumentParser, methods: bool = True) -> None:
     if methods:
-        p.add_argument("--methods", default="all", help="'all' or comma-separated method names")
-        p.add_argument("--seeds", nargs="+", default=None,
-                       help="one or more non-negative integers (default: the scale's seeds; pocket 0 1 2, others 0)")
-    p.add_argument("--scale", default="pocket", help="smoke, pocket, cc3m-b16, cc12m-b16, yfcc15m-b16")
-    p.add_argument("--results", default="results", help="results folder (default results/)")
+        p.add_argument("--methods", nargs="+", default=["all"], metavar="METHOD",
+                       help="'all', or method names separated by commas or spaces (e.g. clip,flip or clip flip)")
+        p.add_argument("--seeds", nargs="+", default=None, metavar="SEED",
+                       help="non-negative integers separated by commas or spaces (e.g. 0 1 2 or 0,1,2); "
+                            "default: the scale's seeds (pocket 0 1 2, others 0)")
+    p.add_argument("--scale", default="pocket", help=f"the scale: {SCALES}")
+    p.add_argument("--results", default="results", help="results folder; runs go to RESULTS/SCALE/METHOD/seedK")
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="override a method config value (repeatable), e.g. --set flip.mask_ratio=0.75")
+    p.add_argument("--match", default="flops", choices=["flops", "samples"],
+                   help="matched compute: every method gets the training FLOPs (flops) or the samples (samples) "
+                        "of the scale's CLIP run")
+    p.add_argument("--data", default=None,
+                   help="training data instead of the scale's: webdataset shards (brace pattern) or a CSV of "
+                        "image paths and captions")
+    p.add_argument("--dataset-root", default=None,
+                   help="root folder of real evaluation datasets (read from disk, never downloaded)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list the discovered methods")
-    run = sub.add_parser("run", help="train and evaluate methods at matched compute")
+    parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__, formatter_class=_HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _sub(sub, "list", "list the discovered methods (methods/<name>/method.py)")
+    run = _sub(sub, "run", "train and evaluate methods at matched compute",
+               "Train, evaluate and report every (method, seed). A finished run is not trained again (--force "
+               "retrains it); a\nrun that was stopped resumes from its last checkpoint.")
     _common(run)
-    run.add_argument("--cluster", default="local", choices=["local", "debug", "slurm"])
+    run.add_argument("--cluster", default="local", choices=["local", "debug", "slurm"],
+                     help="where runs execute: local = one worker process per run on this machine, debug = in this "
+                          "process (pdb works), slurm = submitted to a Slurm cluster (returns at once; follow with "
+                          "`status`)")
     run.add_argument("--slurm-profile", default=None, help="YAML profile in slurm/ (with --cluster slurm)")
-    run.add_argument("--match", default="flops", choices=["flops", "samples"])
-    run.add_argument("--force", action="store_true", help="discard existing runs and train again")
-    run.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                     help="override a method config value")
-    run.add_argument("--data", default=None, help="training data: webdataset shards (brace pattern) or a CSV")
-    run.add_argument("--dataset-root", default=None, help="root of real evaluation datasets")
-    run.add_argument("--reports", default="reports")
-    run.add_argument("--no-report", action="store_true")
-    ev = sub.add_parser("eval", help="re-evaluate finished runs without retraining")
+    _data_flags(run)
+    run.add_argument("--force", action="store_true", help="discard existing runs and train them again")
+    run.add_argument("--reports", default="reports", help="where the report is written (REPORTS/SCALE/)")
+    run.add_argument("--no-report", action="store_true", help="train and evaluate only; write no report")
+    ev = _sub(sub, "eval", "re-evaluate finished runs without retraining")
     _common(ev)
-    ev.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE")
-    ev.add_argument("--match", default="flops", choices=["flops", "samples"])
-    ev.add_argument("--data", default=None)
-    ev.add_argument("--dataset-root", default=None)
-    rep = sub.add_parser("report", help="write tables, plots and HTML from results/")
+    _data_flags(ev)
+    rep = _sub(sub, "report", "write tables, plots and HTML from the results folder")
     _common(rep, methods=False)
-    rep.add_argument("--reports", default="reports")
-    st = sub.add_parser("status", help="state, progress and last checkpoint of every run")
+    rep.add_argument("--reports", default="reports", help="where the report is written (REPORTS/SCALE/)")
+    st = _sub(sub, "status", "state, progress (step, loss, images/s, ETA) and last checkpoint of every run")
     _common(st, methods=False)
-    perf = sub.add_parser("perf", help="measure the harness against open_clip and clip_benchmark")
-    perf.add_argument("--out", default="reports/perf")
-    perf.add_argument("--measures", default="all")
-    perf.add_argument("--repeats", type=int, default=10)
+    perf = _sub(sub, "perf", "measure the harness against open_clip and clip_benchmark")
+    perf.add_argument("--out", default="reports/perf", help="folder for perf.json and perf.md")
+    perf.add_argument("--measures", default="all",
+                      help="'all' or a comma-separated subset of p1 (trainer speed), p2 (masking efficiency), "
+                           "p3 (method overheads), p4 (evaluation), p5 (end to end), p6 (peak memory), p7 (GPU)")
+    perf.add_argument("--repeats", type=int, default=10, help="timed repeats per comparison")
     perf.add_argument("--scale", default="pocket", help="scale of P1-P3 and P6 (smoke for a quick check)")
     perf.add_argument("--scratch", default=None, help="folder for P5's runs and UTA's teacher (default: a temp dir)")
     return parser
@@ -103,7 +150,7 @@ def _specs(args, scale_name: str):
     from benchmark.runs import RunSpec
     from benchmark.scales import default_seeds, get_scale
     scale = get_scale(scale_name)
-    infos = resolve(args.methods)
+    infos = resolve(split_list(args.methods))
     seeds = _seeds(args.seeds) if args.seeds else list(default_seeds(scale.name))
     overrides = _overrides(getattr(args, "set", []))
     names = {i.name: i for i in infos}
@@ -174,9 +221,16 @@ def _summary(results: Path, scale: str) -> None:
     df = df[df["main"]]
     if df.empty:
         return
-    table = df.pivot_table(index="method", columns="task", values="value", aggfunc="mean")
-    print(f"\nmain metric per task (mean over seeds), {path}:")
-    print(table.round(3).to_string())
+    # the mean over datasets per run, then over seeds: each seed counts once (as in the report)
+    per_run = df.groupby(["method", "seed", "task"])["value"].mean().reset_index()
+    table = per_run.pivot_table(index="method", columns="task", values="value", aggfunc="mean")
+    seeds = per_run.groupby("method")["seed"].nunique()
+    percent = bool((df["value"].abs() <= 1.0).all())
+    table = (table * (100 if percent else 1)).round(1)
+    table.insert(0, "seeds", seeds)
+    unit = "%, " if percent else ""
+    print(f"\nmain metric per task ({unit}mean over datasets, then over seeds), {path}:")
+    print(table.to_string())
 
 
 def _report(results: str, scale: str, reports: str) -> None:

@@ -1,16 +1,17 @@
-"""Launch runs through submitit (DESIGN §7): ``debug`` in this process, ``local`` as subprocesses on this
+"""Launch runs through submitit (docs/design.md, "Launching"): ``debug`` in this process, ``local`` as subprocesses on this
 machine, ``slurm`` on a cluster. Runs are ordered so that a run's ``requires`` finish first; one failed run
 fails alone (runs that need it are skipped), the rest of the sweep finishes.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import submitit
 
-from benchmark import slurm
+from benchmark import progress, slurm
 from benchmark.errors import RunFailed, UserError
-from benchmark.runs import RunSpec, execute
+from benchmark.runs import RunSpec, check_config, execute, identity
 from benchmark.sweep import Outcome, blocked_by, with_requirements
 
 
@@ -25,30 +26,55 @@ def _executor(cluster: str, folder: Path):
     raise UserError(f"unknown --cluster {cluster!r}: choose debug, local or slurm")
 
 
+ALREADY_FINISHED = "already finished (--force to retrain)"
+
+
 def launch(specs: list[RunSpec], cluster: str = "local", methods_dir: Path | None = None,
            progress_bar: bool = True, slurm_profile: str | None = None) -> list[Outcome]:
     """Run ``specs`` one after another (two CPU cores: running them side by side only slows each); with
-    ``cluster="slurm"`` submit them with the profile YAML ``slurm_profile`` instead."""
+    ``cluster="slurm"`` submit them with the profile YAML ``slurm_profile`` instead.
+
+    ``progress_bar``: live progress lines on stderr (``benchmark.progress``), read from each run's log, for runs
+    in this process and in worker processes alike. A finished run is not started again.
+    """
     specs = with_requirements(specs, methods_dir)
     if cluster == "slurm":
         return slurm.submit_sweep(specs, slurm_profile, methods_dir)
     executor = _executor(cluster, Path(specs[0].results) / specs[0].scale / ".submitit")
+    where = "in this process" if executor is None else "in a worker process"
+    console = progress.Console(len(specs), quiet=not progress_bar)
+    console.header(f"{len(specs)} run(s) at scale {specs[0].scale}, one after another, each {where} "
+                   f"(--cluster {cluster}); results in {Path(specs[0].results) / specs[0].scale}")
     outcomes: list[Outcome] = []
     failed: set[tuple[str, int]] = set()
     for spec in specs:
+        label = f"{spec.method} seed {spec.seed}"
+        console.start(label)
         blocked = blocked_by(spec, failed, methods_dir)
         if blocked:
             outcomes.append(Outcome(spec, "skipped", f"required run(s) failed: {', '.join(blocked)}"))
             failed.add((spec.method, spec.seed))
+            console.finish(label, f"skipped: {outcomes[-1].detail}", trained=False)
             continue
+        if not spec.force and (spec.dir / "metrics.json").exists():
+            check_config(spec, identity(spec))          # a foreign run folder is refused, not reported as done
+            outcomes.append(Outcome(spec, "done", ALREADY_FINISHED))
+            console.finish(label, ALREADY_FINISHED, trained=False)
+            continue
+        resume = None if spec.force else progress.resume_step(spec.dir)
+        if resume is not None:
+            console.run_line(label, f"resuming from step {resume}")
+        t0 = time.monotonic()
         try:
-            if executor is None:
-                execute(spec, progress_bar)
-            else:
-                executor.update_parameters(name=f"maskbench-{spec.method}-s{spec.seed}")
-                job = executor.submit(execute, spec, False)
-                job.result()
+            with console.watch(spec.dir, label, where):
+                if executor is None:
+                    execute(spec, False)
+                else:
+                    executor.update_parameters(name=f"maskbench-{spec.method}-s{spec.seed}")
+                    job = executor.submit(execute, spec, False)
+                    job.result()
             outcomes.append(Outcome(spec, "done"))
+            console.finish(label, "done", spec.dir, time.monotonic() - t0)
         except UserError:
             raise
         except (RunFailed, submitit.core.utils.FailedJobError, Exception) as e:  # noqa: BLE001
@@ -58,4 +84,5 @@ def launch(specs: list[RunSpec], cluster: str = "local", methods_dir: Path | Non
                 raise UserError(detail.split("UserError:", 1)[-1].strip()) from None
             outcomes.append(Outcome(spec, "failed", detail))
             failed.add((spec.method, spec.seed))
+            console.finish(label, f"failed: {detail}", trained=False)
     return outcomes

@@ -1,7 +1,8 @@
 """``python -m benchmark status``: where every run of a scale stands.
 
-Per run: the Slurm state (from sacct, when the run folder records a job id in slurm.json; ``local`` otherwise),
-step / total (train.jsonl and metrics.json), the last checkpoint, and why it failed (error.json, or for a job
+Per run: the scheduler's view (the Slurm state from sacct when the run folder records a job id in slurm.json;
+``local`` otherwise), step / total (train.jsonl and metrics.json), the live figures of an unfinished run (loss,
+images/s and the training time left, from train.jsonl as ``benchmark.progress`` reads it), the last checkpoint, and why it failed (error.json, or for a job
 that died without one, the Slurm state and the job's log).
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark import checkpoint
+from benchmark import checkpoint, progress
 from benchmark.errors import UserError
 from benchmark.results import read_json
 
@@ -79,8 +80,9 @@ def job_logs(run_dir: Path) -> tuple[Path, Path] | None:
 @dataclass
 class RunStatus:
     run: str
-    slurm: str
+    scheduler: str       # "local", or the Slurm job's state
     step: str
+    progress: str        # loss, images/s, training time left (unfinished runs)
     checkpoint: str
     detail: str
 
@@ -166,24 +168,30 @@ def collect(results: Path, scale: str) -> list[RunStatus]:
         ckpt, ckpt_step = _checkpoint(d)
         if ckpt_step is not None and (step is None or ckpt_step > step):
             step = ckpt_step                      # the log is written every few steps, checkpoints may be newer
-        progress = "-" if step is None else f"{step}/{total if total is not None else '?'}"
+        steps = "-" if step is None else f"{step}/{total if total is not None else '?'}"
+        live = ""
         if (d / "metrics.json").exists():
             detail = "done"
-        elif error:
-            detail = error
         else:
-            detail = ""
-        out.append(RunStatus(f"{d.parent.name}/{d.name}", slurm, progress, ckpt, detail))
+            detail = error or ""
+            p = progress.read(d)
+            if p is not None:
+                live = ", ".join(x for x in (
+                    f"loss {p.loss:.3f}" if p.loss is not None else "",
+                    f"{p.images_per_s:,.0f} img/s" if p.images_per_s else "",
+                    f"{progress.duration(p.eta_s)} of training left" if p.eta_s and p.step < p.total else "") if x)
+        out.append(RunStatus(f"{d.parent.name}/{d.name}", slurm, steps, live or "-", ckpt, detail))
     return out
 
 
 def render(rows: list[RunStatus]) -> str:
-    header = RunStatus("run", "slurm", "step", "last checkpoint", "detail")
+    header = RunStatus("run", "scheduler", "step", "progress", "last checkpoint", "detail")
     table = [header] + rows
-    widths = [max(len(getattr(r, f)) for r in table) for f in ("run", "slurm", "step", "checkpoint")]
+    columns = ("run", "scheduler", "step", "progress", "checkpoint")
+    widths = [max(len(getattr(r, f)) for r in table) for f in columns]
     lines = []
     for r in table:
-        cells = [getattr(r, f).ljust(w) for f, w in zip(("run", "slurm", "step", "checkpoint"), widths)]
+        cells = [getattr(r, f).ljust(w) for f, w in zip(columns, widths)]
         lines.append("  ".join(cells + [r.detail]).rstrip())
     return "\n".join(lines)
 

@@ -84,3 +84,36 @@ def test_pocket_runs_three_seeds_by_default_other_scales_one():
     assert seeds("--scale", "smoke") == [0]
     assert seeds("--seeds", "4") == [4]
     assert seeds("--scale", "smoke", "--seeds", "1", "2") == [1, 2]
+    assert seeds("--scale", "smoke", "--seeds", "1,2") == [1, 2]
+
+
+def test_lists_take_commas_spaces_or_both():
+    from benchmark.cli import _seeds, build_parser, split_list
+    parse = build_parser().parse_args
+    for argv in (["--methods", "clip,flip"], ["--methods", "clip", "flip"], ["--methods", "clip,", "flip"]):
+        assert split_list(parse(["run", *argv]).methods) == ["clip", "flip"], argv
+    assert split_list(parse(["run", "--methods", "flip@mask75,clip"]).methods) == ["flip@mask75", "clip"]
+    for argv in (["--seeds", "0", "1"], ["--seeds", "0,1"], ["--seeds", "0,", "1", "1"]):
+        assert _seeds(parse(["run", *argv]).seeds) == [0, 1], argv
+    assert parse(["run"]).seeds is None and split_list(parse(["run"]).methods) == ["all"]
+
+
+def test_help_has_a_line_with_the_default_for_every_flag():
+    import argparse
+
+    from benchmark.cli import build_parser
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subs.choices) == {"list", "run", "eval", "report", "status", "perf"}
+    for name, sub in subs.choices.items():
+        text = sub.format_help()
+        assert "§" not in text and "DESIGN" not in text, name
+        for action in sub._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"{name} {action.option_strings[0]} has no help text"
+            if action.default not in (None, False, []):
+                shown = " ".join(action.default) if isinstance(action.default, list) else str(action.default)
+                assert f"(default: {shown})" in " ".join(text.split()), (name, action.option_strings[0])
+    top = parser.format_help()
+    assert "§" not in top and "DESIGN" not in top

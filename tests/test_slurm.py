@@ -264,7 +264,8 @@ def test_status_table(monkeypatch, tmp_path):
                                         "starts": [{"restart": 0}, {"restart": 1}]})
     (running / "train.jsonl").write_text(json.dumps({"step": 1, "steps_total": 12}) + "\n"
                                          + json.dumps({"type": "eval", "step": 6}) + "\n"
-                                         + json.dumps({"step": 7, "steps_total": 12}) + "\n")
+                                         + json.dumps({"step": 7, "steps_total": 12, "loss": 2.5, "samples": 224,
+                                                       "wall_time_s": 7.0}) + "\n")
     checkpoint.save(running / "checkpoints", 4, {"x": torch.zeros(1)})
     failed = root / "broken" / "seed0"
     write_json(failed / "slurm.json", {"job_id": "5_1", "submitit_folder": str(tmp_path)})
@@ -281,14 +282,15 @@ def test_status_table(monkeypatch, tmp_path):
         "5_1": {"state": "FAILED", "exit_code": "1:0", "elapsed": "", "reason": "None"},
         "6": {"state": "TIMEOUT", "exit_code": "0:0", "elapsed": "", "reason": "None"}})
     rows = {r.run: r for r in status.collect(tmp_path, "smoke")}
-    assert rows["clip/seed0"].slurm == "RUNNING (job 5_0), 1 requeue"
+    assert rows["clip/seed0"].scheduler == "RUNNING (job 5_0), 1 requeue"
+    assert rows["clip/seed0"].progress == "loss 2.500, 32 img/s, 00:05 of training left"
     assert rows["clip/seed0"].step == "7/12" and rows["clip/seed0"].checkpoint.startswith("step 4 ")
-    assert rows["broken/seed0"].slurm.startswith("FAILED") and rows["broken/seed0"].detail == \
+    assert rows["broken/seed0"].scheduler.startswith("FAILED") and rows["broken/seed0"].detail == \
         "RuntimeError: broken on purpose"
     assert "TIMEOUT" in rows["flip/seed0"].detail and "DUE TO TIME LIMIT" in rows["flip/seed0"].detail
-    assert (rows["flip/seed1"].slurm, rows["flip/seed1"].step, rows["flip/seed1"].detail) == ("local", "15/15", "done")
+    assert (rows["flip/seed1"].scheduler, rows["flip/seed1"].step, rows["flip/seed1"].detail) == ("local", "15/15", "done")
     text = status.render(list(rows.values()))
-    assert text.splitlines()[0].split() == ["run", "slurm", "step", "last", "checkpoint", "detail"]
+    assert text.splitlines()[0].split() == ["run", "scheduler", "step", "progress", "last", "checkpoint", "detail"]
     with pytest.raises(UserError, match="no runs under"):
         status.collect(tmp_path, "pocket")
 

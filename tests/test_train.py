@@ -1,5 +1,6 @@
 """Trainer: schedule, parameter groups, matched compute. (Exact resume after SIGKILL: tests/test_faults.py.)"""
 import math
+import re
 
 import pytest
 import torch
@@ -48,6 +49,18 @@ def test_matched_flops_step_counts_follow_measured_flops(tmp_path):
     proc = run_cli("run", "--methods", "clip,flip", "--scale", "smoke", "--cluster", "debug", "--results", tmp_path,
                    "--no-report", "--set", "flip.mask_ratio=0.75")
     assert proc.returncode == 0, proc.stderr
+    # live progress (stderr): a line per run while it trains, a sweep line after each run
+    assert "[1/2] clip seed 0  starting in this process" in proc.stderr
+    assert re.search(r"\[2/2\] flip seed 0  step \d+/\d+  loss \d+\.\d{3}  [\d,]+ img/s", proc.stderr)
+    assert re.search(r"\[2/2\] flip seed 0  done in \d\d:\d\d \(\d+ steps, final loss", proc.stderr)
+    assert "sweep: 1/2 runs done" in proc.stderr and "sweep: 2/2 runs done" in proc.stderr
+    assert "main metric per task (%, mean over datasets, then over seeds)" in proc.stdout
+    # the same runs again (lists with spaces this time): nothing is trained, each says so
+    again = run_cli("run", "--methods", "clip", "flip", "--scale", "smoke", "--cluster", "debug", "--results",
+                    tmp_path, "--no-report", "--set", "flip.mask_ratio=0.75", "--seeds", "0,")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already finished (--force to retrain)") == 2, again.stdout
+    assert "starting" not in again.stderr
     clip = read_json(tmp_path / "smoke/clip/seed0/metrics.json")["compute"]
     flip = read_json(tmp_path / "smoke/flip/seed0/metrics.json")["compute"]
     assert flip["flops_per_step"] < clip["flops_per_step"]

@@ -11,12 +11,12 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmark.checkpoint import mkstemp_like_open
 from benchmark.data import embedded
 from benchmark.data.preprocess import normalize_images, tokenizer
 from benchmark.data.readers import read_pairs_from_csv, read_pairs_from_shards
@@ -77,7 +77,7 @@ class InMemoryPairs:
 
 
 def _atomic_save(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    fd, tmp = mkstemp_like_open(path.parent, path.name)
     with os.fdopen(fd, "wb") as f:
         write(f)
     os.replace(tmp, path)
