@@ -102,3 +102,45 @@ def test_same_seed_same_losses(name, smoke_scale, data, teacher_results):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs between two builds with the same seed"
+
+
+
+def parameters_without_gradient(method, data, scale) -> list[str]:
+    """Trainable (``requires_grad``) parameters that no phase's training step gives a gradient."""
+    reached: set[str] = set()
+    for _, progress in method.phases():
+        method.zero_grad(set_to_none=True)
+        method.train()
+        method(data.batch(0, scale.batch_size, 0, "cpu"), progress)["loss"].backward()
+        reached |= {n for n, p in method.named_parameters() if p.grad is not None}
+    return [n for n, p in method.named_parameters() if p.requires_grad and n not in reached]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_trainable_parameter_gets_a_gradient(name, smoke_scale, data, teacher_results):
+    """A parameter the optimizer updates (``requires_grad``) must receive a gradient in a training step of at
+    least one of the method's phases; a parameter meant to stay fixed is declared so with
+    ``requires_grad_(False)`` (``blocks.frozen_copy`` for a teacher). A learnable parameter the loss never reaches
+    (e.g. used through ``.item()`` or ``.detach()``) would silently train nothing."""
+    missing = parameters_without_gradient(build(name, 0, smoke_scale, teacher_results), data, smoke_scale)
+    assert not missing, (f"methods/{name}: trainable parameter(s) {missing} get no gradient in a training step; "
+                         "use them in the loss, or declare them frozen with requires_grad_(False)")
+
+
+def test_a_learnable_bias_the_loss_never_reaches_is_caught(smoke_scale, data):
+    """SigLIP-style bias read through ``.item()``: the loss runs, but the bias never trains."""
+    from benchmark.method import Method
+
+    class DetachedBias(Method):
+        def __init__(self, clip, cfg, ctx):
+            super().__init__(clip, cfg, ctx)
+            self.logit_bias = torch.nn.Parameter(torch.tensor(-10.0))
+
+        def training_step(self, batch, progress):
+            loss = self.contrastive(self.clip.encode_image(batch["images"]), self.clip.encode_text(batch["texts"]))
+            return {"loss": loss + self.logit_bias.item()}
+
+    method = DetachedBias(build_clip(smoke_scale, 0), {}, Context(scale=smoke_scale))
+    assert parameters_without_gradient(method, data, smoke_scale) == ["logit_bias"]
+    method.logit_bias.requires_grad_(False)                      # declared frozen: accepted
+    assert parameters_without_gradient(method, data, smoke_scale) == []

@@ -26,4 +26,4 @@ def test_adding_a_method_as_the_readme_says(tmp_path):
                             "-k", "mymethod", "-p", "no:cacheprovider"], cwd=REPO, capture_output=True, text=True,
                            env={**os.environ, **env})
     assert tests.returncode == 0, tests.stdout[-3000:]
-    assert re.search(r"\b4 passed\b", tests.stdout) and "failed" not in tests.stdout, tests.stdout[-3000:]
+    assert re.search(r"\b5 passed\b", tests.stdout) and "failed" not in tests.stdout, tests.stdout[-3000:]
