@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--slurm-profile", default=None, help="YAML profile in slurm/ (with --cluster slurm)")
     _data_flags(run)
     run.add_argument("--force", action="store_true", help="discard existing runs and train them again")
+    run.add_argument("--report-to", nargs="+", default=["none"], metavar="TRACKER",
+                     help="experiment trackers, as open_clip names them: tensorboard, wandb (commas or spaces), or "
+                          "none; one tracker run per (method, seed), written to RUN/tensorboard/ and RUN/wandb/ "
+                          "(WANDB_MODE=offline is respected)")
     run.add_argument("--reports", default="reports", help="where the report is written (REPORTS/SCALE/)")
     run.add_argument("--no-report", action="store_true", help="train and evaluate only; write no report")
     ev = _sub(sub, "eval", "re-evaluate finished runs without retraining")
@@ -167,9 +171,11 @@ def _specs(args, scale_name: str):
     if args.dataset_root and not Path(args.dataset_root).is_dir():
         raise UserError(f"--dataset-root {args.dataset_root} does not exist; pass the folder that holds the "
                         "evaluation datasets (see benchmark/evaluation/real_datasets.py for the layout)")
+    from benchmark.tracking import parse_report_to
+    report_to = parse_report_to(getattr(args, "report_to", None))
     return scale, [RunSpec(method=i.name, seed=s, scale=scale.name, results=args.results, match=args.match,
                            overrides=overrides, force=getattr(args, "force", False), data=args.data,
-                           dataset_root=args.dataset_root) for s in seeds for i in infos]
+                           dataset_root=args.dataset_root, report_to=report_to) for s in seeds for i in infos]
 
 
 def _refuse_before_writing(scale, specs, args) -> None:

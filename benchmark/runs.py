@@ -19,7 +19,7 @@ from pathlib import Path
 import open_clip
 import torch
 
-from benchmark import discovery, distributed, flops
+from benchmark import discovery, distributed, flops, tracking
 from benchmark.data.train_data import load_training_data
 from benchmark.errors import RunFailed, UserError
 from benchmark.evaluation import suite
@@ -41,6 +41,7 @@ class RunSpec:
     data: str | None = None            # training data override (shards or CSV)
     dataset_root: str | None = None    # real evaluation datasets
     methods_dir: str | None = None
+    report_to: tuple = ()              # experiment trackers (benchmark.tracking); not part of the run's identity
 
     @property
     def dir(self) -> Path:
@@ -190,10 +191,12 @@ def _train_and_evaluate(spec: RunSpec, scale, ident: dict, progress_bar: bool,
     plan = TrainPlan(steps=steps, batch_size=scale.batch_size, seed=spec.seed, optim=scale.optim,
                      checkpoint_every=scale.checkpoint_every, eval_every_steps=eval_every, flops_per_step=per_step)
     model = distributed.wrap(method, device)
-    with stop.armed() if stop is not None else nullcontext():
+    tracker = tracking.for_run(spec, ident, config_hash(ident)) if env.is_main else None
+    with stop.armed() if stop is not None else nullcontext(), tracking.closed_on_error(tracker):
         state = train(model, method, data, plan, spec.dir, device, rank=env.rank, world_size=env.world_size,
                       periodic_eval=suite.zero_shot_probe(scale, device) if eval_every and env.is_main else None,
-                      stop_requested=stop if stop is not None else (lambda: False), progress_bar=progress_bar)
+                      stop_requested=stop if stop is not None else (lambda: False), progress_bar=progress_bar,
+                      tracker=tracker)
     if not env.is_main:
         return None                                    # rank 0 exports and evaluates
 
@@ -208,6 +211,9 @@ def _train_and_evaluate(spec: RunSpec, scale, ident: dict, progress_bar: bool,
     metrics = {"method": spec.method, "seed": spec.seed, "scale": spec.scale, "config_hash": config_hash(ident),
                "compute": compute, "history": state.history, "stats": method.stats()}
     metrics["evals"] = evaluate_run(spec, scale, ident, compute, device)
+    if tracker is not None:
+        tracker.log_final(metrics["evals"], steps)
+        tracker.close()
     write_json(spec.dir / "metrics.json", metrics)
     rebuild_csv(Path(spec.results), spec.scale)
     return metrics

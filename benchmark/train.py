@@ -106,8 +106,10 @@ def _truncate_log(path: Path, step: int) -> None:
 
 def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, device,
           rank: int = 0, world_size: int = 1, periodic_eval: Callable | None = None,
-          stop_requested: Callable[[], bool] = lambda: False, progress_bar: bool = True) -> TrainState:
-    """Train ``model`` (the method, or its DDP wrapper) for ``plan.steps``, resuming from ``run_dir``."""
+          stop_requested: Callable[[], bool] = lambda: False, progress_bar: bool = True,
+          tracker=None) -> TrainState:
+    """Train ``model`` (the method, or its DDP wrapper) for ``plan.steps``, resuming from ``run_dir``.
+    ``tracker``: a ``benchmark.tracking.Trackers`` (rank 0) that receives every log row and periodic evaluation."""
     ckpt_dir, log_path = run_dir / "checkpoints", run_dir / "train.jsonl"
     opt = make_optimizer(method, plan.optim)
     state = TrainState()
@@ -124,6 +126,8 @@ def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, 
             print(f"resuming {run_dir} from {last.name} (step {state.step} of {plan.steps})", flush=True)
     if rank == 0:
         _truncate_log(log_path, state.step)
+    if tracker is not None:
+        tracker.start(state.step)
     warmup = plan.optim.warmup_samples // plan.batch_size
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda" \
         else torch.autocast("cpu", enabled=False)
@@ -176,6 +180,8 @@ def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, 
                        **{k: float(v.detach().float()) for k, v in losses.items()}, **method.stats()}
                 log.write(json.dumps(row) + "\n")
                 log.flush()
+                if tracker is not None:
+                    tracker.log_train(row, tuple(losses), tuple(method.stats()))
                 bar.set_postfix(loss=f"{row['loss']:.3f}")
             if periodic_eval is not None and rank == 0 and plan.eval_every_steps \
                     and state.step % plan.eval_every_steps == 0 and state.step < plan.steps:
@@ -186,6 +192,8 @@ def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, 
                 if log is not None:
                     log.write(json.dumps({"type": "eval", **point}) + "\n")
                     log.flush()
+                if tracker is not None:
+                    tracker.log_eval(point)
             if state.step % plan.checkpoint_every == 0 or state.step == plan.steps:
                 save()
             maybe_kill("step", state.step)
