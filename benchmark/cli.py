@@ -203,6 +203,7 @@ def cmd_run(args) -> int:
     t0 = time.perf_counter()
     outcomes = launch(specs, cluster=args.cluster, slurm_profile=args.slurm_profile)
     runs_s = time.perf_counter() - t0
+    _rebuild_table(args.results, scale.name)
     print(f"\n{len(outcomes)} run(s) in {runs_s:.0f} s at scale {scale.name}:")
     for o in outcomes:
         print(f"  {o.spec.method:<18} seed {o.spec.seed}  {o.status}{'  ' + o.detail if o.detail else ''}")
@@ -239,6 +240,13 @@ def _summary(results: Path, scale: str) -> None:
     print(table.to_string())
 
 
+def _rebuild_table(results: str, scale: str) -> None:
+    """results.csv from the run folders, on every run, eval and report: a table cut short or missing the rows of a
+    run killed before its rebuild is repaired by the next command (benchmark.results.rebuild_csv)."""
+    from benchmark.results import rebuild_csv
+    rebuild_csv(Path(results), scale)
+
+
 def _report(results: str, scale: str, reports: str) -> None:
     try:
         from benchmark import report
@@ -249,10 +257,13 @@ def _report(results: str, scale: str, reports: str) -> None:
 
 def cmd_eval(args) -> int:
     from benchmark.runs import reevaluate
-    _, specs = _specs(args, args.scale)
-    for spec in specs:
-        m = reevaluate(spec)
-        print(f"{spec.label()}: {m['evals']}")
+    scale, specs = _specs(args, args.scale)
+    try:
+        for spec in specs:
+            m = reevaluate(spec)
+            print(f"{spec.label()}: {m['evals']}")
+    finally:
+        _rebuild_table(args.results, scale.name)
     return 0
 
 
@@ -261,6 +272,8 @@ def cmd_report(args) -> int:
         from benchmark import report
     except ImportError:
         raise UserError("reports are not available in this version") from None
+    from benchmark.scales import get_scale
+    _rebuild_table(args.results, get_scale(args.scale).name)
     out = report.write_reports(Path(args.results), args.scale, Path(args.reports))
     print(f"reports written to {out}")
     return 0

@@ -16,6 +16,7 @@ import fcntl
 import json
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -49,6 +50,33 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
+class DamagedFile(ValueError):
+    """A results file that cannot be read (cut short by a kill, garbled); the message names it and the fix."""
+
+
+# How to recover from a damaged file of the run-folder layout, by file name.
+_FIX = {"config.json": "delete the run folder {run} (or pass --force) to train it again",
+        "metrics.json": "delete it and run the same `benchmark run` command again: the run re-exports and "
+                        "re-evaluates from its last checkpoint",
+        "error.json": "delete it; `benchmark run` then retries the run",
+        "slurm.json": "delete it (it only records the Slurm job id)"}
+
+
+def read_state(path: Path) -> dict:
+    """A JSON file of a run folder; a damaged one raises ``DamagedFile`` naming the file and how to fix it."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        fix = _FIX.get(path.name, "delete it and run `benchmark eval` on the run to write it again").format(
+            run=path.parent)
+        raise DamagedFile(f"{path} is damaged ({type(e).__name__}: {e}); {fix}") from None
+    if not isinstance(value, dict):
+        raise DamagedFile(f"{path} is damaged (a JSON object was expected); "
+                          + _FIX.get(path.name, "delete it").format(run=path.parent))
+    return value
+
+
 def code_version() -> str:
     """The git commit of the harness (with ``+dirty`` when the tree has uncommitted changes)."""
     try:
@@ -61,21 +89,35 @@ def code_version() -> str:
         return "unknown"
 
 
-def rebuild_csv(results: Path, scale: str) -> Path:
+def rebuild_csv(results: Path, scale: str, quiet: bool = False) -> Path | None:
     """Rewrite ``results/<scale>/results.csv`` from every run's eval JSONs (never appends, so never mixes).
-    Runs finishing at the same time take turns (a lock), so the last writer has read every run."""
+    Runs finishing at the same time take turns (a lock), so the last writer has read every run. An unreadable eval
+    file costs only its own rows; it is named on stderr (unless ``quiet``). Nothing to do without the folder."""
     root = Path(results) / scale
-    root.mkdir(parents=True, exist_ok=True)
+    if not root.is_dir():
+        return None
     with open(root / ".results.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _write_csv(root, scale)
+        path, skipped = _write_csv(root, scale)
+    if skipped and not quiet:
+        for ev, why in skipped:
+            print(f"warning: {ev} is unreadable ({why}); its rows are left out of {path}. Write it again with "
+                  f"`python -m benchmark eval --methods {ev.parents[2].name} --seeds {ev.parents[1].name[4:]} "
+                  f"--scale {scale} --results {root.parent}`", file=sys.stderr)
+    return path
 
 
-def _write_csv(root: Path, scale: str) -> Path:
-    rows = []
+def _write_csv(root: Path, scale: str) -> tuple[Path, list[tuple[Path, str]]]:
+    rows, skipped = [], []
     for ev in sorted(root.glob("*/seed*/evals/*.json")):
-        r = read_json(ev)
-        if "metrics" not in r:
+        try:
+            r = json.loads(ev.read_bytes().decode("utf-8"))
+            if "metrics" not in r:
+                continue
+            if not isinstance(r["metrics"], dict) or "task" not in r or "dataset" not in r:
+                raise ValueError("not an evaluation record")
+        except (OSError, ValueError, TypeError, UnicodeDecodeError) as e:
+            skipped.append((ev, f"{type(e).__name__}: {e}"))
             continue
         run, comp = r.get("run", {}), r.get("compute", {})
         for metric, value in r["metrics"].items():
@@ -90,6 +132,5 @@ def _write_csv(root: Path, scale: str) -> Path:
                     "config_hash": run.get("config_hash"), "code_version": run.get("code_version")})
     df = pd.DataFrame(rows, columns=CSV_COLUMNS)
     path = root / "results.csv"
-    root.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, df.to_csv(index=False).encode())
-    return path
+    return path, skipped

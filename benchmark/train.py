@@ -96,12 +96,26 @@ def _restore_rng(states: dict | list, device, rank: int = 0) -> None:
         torch.cuda.set_rng_state(states["cuda"], device)
 
 
+def _log_rows(path: Path) -> list[dict]:
+    """The rows of ``train.jsonl``; a line cut short (a kill mid-write) or garbled is dropped, not fatal."""
+    rows = []
+    for ln in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(ln)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from, so the log reads as one clean run."""
+    """Drop log lines written after the checkpoint we resume from, so the log reads as one clean run. Rewritten
+    beside and renamed (a kill during the rewrite leaves the old log, never half of it)."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    keep = [row for row in _log_rows(path) if row.get("step", 0) <= step]
+    checkpoint.atomic_write_bytes(path, "".join(json.dumps(row) + "\n" for row in keep).encode())
 
 
 def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, device,
