@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -61,20 +62,38 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def save(folder: Path, step: int, state: dict) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step_{step:07d}.pt"
-    fd, tmp = mkstemp_like_open(folder, path.name)
+def _torch_save(obj, f, path: Path) -> None:
+    """torch.save into an open file; a full disk surfaces from torch's zip writer as a RuntimeError ("unexpected
+    pos", "failed writing file"), turned back into the OSError it is."""
+    try:
+        torch.save(obj, f)
+    except RuntimeError as e:
+        if "unexpected pos" in str(e) or "failed writing" in str(e) or "file write failed" in str(e):
+            raise OSError(errno.ENOSPC, f"No space left on device (torch.save: {str(e).splitlines()[0]})",
+                          str(path)) from None
+        raise
+
+
+def atomic_torch_save(obj, path: Path, kill_point: tuple[str, int] | None = None) -> None:
+    """torch.save to a temporary file beside ``path``, fsynced, then renamed: never half a file under its name."""
+    fd, tmp = mkstemp_like_open(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            _torch_save(obj, f, path)
             f.flush()
             os.fsync(f.fileno())
-        maybe_kill("checkpoint", step)
+        if kill_point:
+            maybe_kill(*kill_point)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save(folder: Path, step: int, state: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step:07d}.pt"
+    atomic_torch_save(state, path, kill_point=("checkpoint", step))
     atomic_write_bytes(path.with_suffix(".sha256"), file_sha256(path).encode())
     for old in sorted(checkpoints(folder))[:-KEEP]:
         old.unlink(missing_ok=True)

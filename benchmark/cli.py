@@ -6,6 +6,7 @@ still finish; its error is in <run>/error.json and shown by `status` and `report
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,9 @@ from pathlib import Path
 import yaml
 
 from benchmark.errors import UserError
+
+
+MAX_SEED = 2 ** 32          # numpy's and every data loader's seed range; a seed also names a folder (seed<k>)
 
 
 def split_list(values: list[str] | str) -> list[str]:
@@ -31,6 +35,8 @@ def _seeds(values: list[str]) -> list[int]:
                             "or --seeds 0,1") from None
         if s < 0:
             raise UserError(f"--seeds {s} is negative; pass non-negative integers, e.g. --seeds 0 1")
+        if s >= MAX_SEED:
+            raise UserError(f"--seeds {s} is too large; pass integers from 0 to {MAX_SEED - 1} (32 bits)")
         out.append(s)
     if not out:
         raise UserError("--seeds is empty; pass non-negative integers, e.g. --seeds 0 1")
@@ -179,14 +185,23 @@ def _specs(args, scale_name: str):
 
 
 def _refuse_before_writing(scale, specs, args) -> None:
-    """Bad input found before any run starts (and before anything is written): a run folder that holds another
-    config, and (when the runs train on this machine) training data that is missing or corrupt."""
+    """Bad input found before any run starts (and before anything is written), for every run of the sweep (the
+    teacher runs a method requires included): a run folder that holds another config or a damaged state file, a
+    results or reports folder that cannot be written, and (when the runs train on this machine) training data
+    that is missing or corrupt."""
     from benchmark.runs import check_config, identity
-    for spec in specs:
+    from benchmark.sweep import with_requirements
+    for spec in with_requirements(specs):
         check_config(spec, identity(spec))
+    _check_writable(Path(args.results), "--results")
+    if getattr(args, "reports", None) and not getattr(args, "no_report", False):
+        _check_writable(Path(args.reports), "--reports")
     if args.data and args.cluster != "slurm":
         from benchmark.data.train_data import load_training_data
-        load_training_data(scale, args.data)
+        from benchmark.runs import check_resume_data
+        data = load_training_data(scale, args.data)
+        for spec in specs:
+            check_resume_data(spec, data.fingerprint)
 
 
 def cmd_run(args) -> int:
@@ -216,7 +231,33 @@ def cmd_run(args) -> int:
             _report(args.results, scale.name, args.reports)
         # where the time went (read by `benchmark perf`, measure P5)
         print(f"timing: data {t0 - t_data:.1f} s, runs {runs_s:.1f} s, report {time.perf_counter() - t_report:.1f} s")
-    return 1 if any(o.status != "done" and o.status != "submitted" for o in outcomes) else 0
+    if any(o.status == "failed" for o in outcomes):
+        return 1
+    if any(o.status in ("locked", "skipped") for o in outcomes):      # only a lock held elsewhere skips a run
+        print("\nrun the same command again once the other process is done: finished runs are skipped",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+def _check_writable(folder: Path, option: str) -> None:
+    """``folder`` (or the nearest folder above it that exists) is a folder this process can create files in. A
+    probe file is created and removed (permission bits alone say nothing for root or a read-only mount)."""
+    import errno
+    import tempfile
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{option} {folder}: {probe} is not a folder; pass a folder path")
+    try:
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".maskbench-write-probe-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        why = "no space left on the device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else \
+            "read-only file system" if e.errno == errno.EROFS else e.strerror or type(e).__name__
+        raise UserError(f"cannot write {option} {folder} ({probe}: {why}); pass a writable folder") from None
 
 
 def _summary(results: Path, scale: str) -> None:
@@ -258,6 +299,7 @@ def _report(results: str, scale: str, reports: str) -> None:
 def cmd_eval(args) -> int:
     from benchmark.runs import reevaluate
     scale, specs = _specs(args, args.scale)
+    _check_writable(Path(args.results), "--results")
     try:
         for spec in specs:
             m = reevaluate(spec)
@@ -273,7 +315,11 @@ def cmd_report(args) -> int:
     except ImportError:
         raise UserError("reports are not available in this version") from None
     from benchmark.scales import get_scale
-    _rebuild_table(args.results, get_scale(args.scale).name)
+    scale = get_scale(args.scale)
+    _check_writable(Path(args.reports), "--reports")
+    if (Path(args.results) / scale.name).is_dir():
+        _check_writable(Path(args.results) / scale.name, "--results")
+    _rebuild_table(args.results, scale.name)
     out = report.write_reports(Path(args.results), args.scale, Path(args.reports))
     print(f"reports written to {out}")
     return 0
@@ -296,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
                 "status": cmd_status, "perf": cmd_perf}[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        from benchmark.errors import storage_error
+        if storage_error(e) is None:
+            raise
+        print(f"error: {storage_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; runs resume from their last checkpoint when started again", file=sys.stderr)

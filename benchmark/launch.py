@@ -9,8 +9,8 @@ from pathlib import Path
 
 import submitit
 
-from benchmark import progress, slurm
-from benchmark.errors import RunFailed, UserError
+from benchmark import errors, progress, slurm
+from benchmark.errors import RunFailed, RunLocked, UserError
 from benchmark.runs import RunSpec, check_config, execute, identity
 from benchmark.sweep import Outcome, blocked_by, with_requirements
 
@@ -67,22 +67,37 @@ def launch(specs: list[RunSpec], cluster: str = "local", methods_dir: Path | Non
         t0 = time.monotonic()
         try:
             with console.watch(spec.dir, label, where):
-                if executor is None:
-                    execute(spec, False)
-                else:
-                    executor.update_parameters(name=f"maskbench-{spec.method}-s{spec.seed}")
-                    job = executor.submit(execute, spec, False)
-                    job.result()
+                try:
+                    if executor is None:
+                        execute(spec, False)
+                    else:
+                        executor.update_parameters(name=f"maskbench-{spec.method}-s{spec.seed}")
+                        job = executor.submit(execute, spec, False)
+                        job.result()
+                except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
+                    raise _user_error_of(e) or e
             outcomes.append(Outcome(spec, "done"))
             console.finish(label, "done", spec.dir, time.monotonic() - t0)
+        except RunLocked as e:               # another process is on this run: the others go on
+            outcomes.append(Outcome(spec, "locked", str(e)))
+            failed.add((spec.method, spec.seed))
+            console.finish(label, f"locked: {e}", trained=False)
         except UserError:
             raise
-        except (RunFailed, submitit.core.utils.FailedJobError, Exception) as e:  # noqa: BLE001
+        except (RunFailed, Exception) as e:  # noqa: BLE001
             msg = str(e).strip().splitlines()
             detail = next((ln for ln in reversed(msg) if "RunFailed" in ln or "Error" in ln), msg[-1] if msg else "")
-            if "UserError" in detail:
-                raise UserError(detail.split("UserError:", 1)[-1].strip()) from None
             outcomes.append(Outcome(spec, "failed", detail))
             failed.add((spec.method, spec.seed))
             console.finish(label, f"failed: {detail}", trained=False)
     return outcomes
+
+
+def _user_error_of(e: Exception) -> UserError | None:
+    """The UserError (or subclass) a submitit job raised, rebuilt from the traceback text it sends back."""
+    for line in reversed(str(e).strip().splitlines()):
+        name, sep, message = line.strip().partition(": ")
+        cls = getattr(errors, name.rsplit(".", 1)[-1], None) if sep and name.startswith("benchmark.errors.") else None
+        if isinstance(cls, type) and issubclass(cls, UserError):
+            return cls(message.strip())
+    return None

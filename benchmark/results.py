@@ -23,6 +23,7 @@ import pandas as pd
 
 from benchmark import REPO_ROOT
 from benchmark.checkpoint import atomic_write_bytes
+from benchmark.errors import DamagedFile
 
 CSV_COLUMNS = ["scale", "method", "seed", "task", "dataset", "metric", "value", "main", "chance",
                "steps", "samples_seen", "train_flops", "flops_per_step", "wall_time_s", "images_per_s",
@@ -48,10 +49,6 @@ def _jsonable(x):
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
-
-
-class DamagedFile(ValueError):
-    """A results file that cannot be read (cut short by a kill, garbled); the message names it and the fix."""
 
 
 # How to recover from a damaged file of the run-folder layout, by file name.

@@ -19,12 +19,12 @@ from pathlib import Path
 import open_clip
 import torch
 
-from benchmark import discovery, distributed, flops, tracking
+from benchmark import checkpoint, discovery, distributed, flops, tracking
 from benchmark.data.train_data import load_training_data
-from benchmark.errors import RunFailed, UserError
+from benchmark.errors import DamagedFile, RunFailed, RunLocked, UserError, storage_error
 from benchmark.evaluation import suite
 from benchmark.method import Context
-from benchmark.results import code_version, read_json, rebuild_csv, run_dir, write_json
+from benchmark.results import code_version, read_state, rebuild_csv, run_dir, write_json
 from benchmark.scales import get_scale
 from benchmark.train import Interrupted, StopFlag, TrainPlan, train
 
@@ -82,7 +82,7 @@ def run_lock(folder: Path):
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
-        raise UserError(f"run {folder} is being written by another process; wait for it or use another "
+        raise RunLocked(f"run {folder} is being written by another process; wait for it or use another "
                         "--results folder") from None
     try:
         yield
@@ -91,17 +91,29 @@ def run_lock(folder: Path):
         f.close()
 
 
+def _trained_anything(folder: Path) -> bool:
+    return any((folder / name).exists() for name in ("checkpoints", "train.jsonl", "metrics.json", "model.pt"))
+
+
 def check_config(spec: RunSpec, ident: dict) -> None:
-    """Refuse a run folder that holds a different config (never mix two configs' checkpoints or numbers)."""
+    """Refuse a run folder that holds a different config (never mix two configs' checkpoints or numbers), and a
+    damaged config.json or metrics.json (named, with the fix). A config.json whose run never trained a step (a
+    refusal after it was written) holds nothing to mix: the new config replaces it."""
     path = spec.dir / "config.json"
     if path.exists() and not spec.force:
-        old = read_json(path)
-        if old.get("config_hash") != config_hash(ident):
+        old = read_state(path)
+        if old.get("config_hash") != config_hash(ident) and _trained_anything(spec.dir):
             changed = sorted(k for k in ident if json.dumps(old.get("identity", {}).get(k), sort_keys=True,
                                                             default=str) != json.dumps(ident[k], sort_keys=True,
                                                                                        default=str))
             raise UserError(f"{spec.dir} holds a run with a different config (differs in: {', '.join(changed)}); "
                             "use another --results folder, or --force to discard it")
+    if (spec.dir / "metrics.json").exists() and not spec.force:
+        metrics = read_state(spec.dir / "metrics.json")
+        if "compute" not in metrics or "evals" not in metrics:
+            raise DamagedFile(f"{spec.dir / 'metrics.json'} is damaged (no compute or evals record); delete it and "
+                              "run the same `benchmark run` command again: the run re-exports and re-evaluates "
+                              "from its last checkpoint")
 
 
 def device_for_run() -> torch.device:
@@ -126,12 +138,58 @@ def _prepare(spec: RunSpec, ident: dict) -> dict | None:
         discard_outputs(spec.dir)
     metrics_path = spec.dir / "metrics.json"
     if metrics_path.exists():
-        return read_json(metrics_path)
+        return read_state(metrics_path)
     write_json(spec.dir / "config.json", {"config_hash": config_hash(ident), "identity": ident,
                                           "code_version": code_version(), "torch": torch.__version__,
-                                          "open_clip": open_clip.__version__})
+                                          "open_clip": open_clip.__version__, "segments": _segments(spec, ident)})
     (spec.dir / "error.json").unlink(missing_ok=True)
     return None
+
+
+# ---- provenance: one record per segment of training (a start or a resume), appended, never rewritten ---------------
+def _segments(spec: RunSpec, ident: dict) -> list[dict]:
+    """The segments config.json records for this config (none after --force, or where another config stood)."""
+    path = spec.dir / "config.json"
+    if spec.force or not path.exists():
+        return []
+    old = read_state(path)
+    return list(old.get("segments", [])) if old.get("config_hash") == config_hash(ident) else []
+
+
+def resume_step(folder: Path) -> int:
+    """The step training resumes from: that of the newest verified checkpoint (0 without one)."""
+    last = checkpoint.latest(folder / "checkpoints")
+    return int(last.stem.split("_")[1]) if last is not None else 0
+
+
+def check_resume_data(spec: RunSpec, fingerprint: str) -> None:
+    """Refuse to resume checkpoints on data other than the data they were trained on."""
+    path = spec.dir / "config.json"
+    if spec.force or not path.exists() or (spec.dir / "metrics.json").exists():
+        return
+    segments = read_state(path).get("segments", [])
+    step = resume_step(spec.dir)
+    old = segments[-1].get("data_fingerprint") if segments else None
+    if step > 0 and old and old != fingerprint:
+        data = f"--data {spec.data}" if spec.data else "the scale's data"
+        raise UserError(f"{spec.dir} was trained up to step {step} on data with fingerprint {old}, and {data} now "
+                        f"has fingerprint {fingerprint}: the data changed since. Restore the original data to resume, "
+                        "or pass --force to train again from step 0 on the new data")
+
+
+def record_segment(spec: RunSpec, fingerprint: str, is_main: bool = True) -> None:
+    """Before training starts or resumes: refuse changed data, then append (step, data fingerprint, code version)
+    to config.json, so that a run resumed on other code says which steps ran on which commit."""
+    check_resume_data(spec, fingerprint)
+    if not is_main:
+        return
+    path = spec.dir / "config.json"
+    record = read_state(path)
+    record["data_fingerprint"] = fingerprint
+    record["segments"] = list(record.get("segments", [])) + [{
+        "start_step": resume_step(spec.dir), "data_fingerprint": fingerprint, "code_version": code_version(),
+        "time": round(time.time(), 3), "host": os.uname().nodename}]
+    write_json(path, record)
 
 
 def execute(spec: RunSpec, progress_bar: bool = True, stop: StopFlag | None = None) -> dict | None:
@@ -153,6 +211,8 @@ def execute(spec: RunSpec, progress_bar: bool = True, stop: StopFlag | None = No
         except (UserError, Interrupted):
             raise
         except Exception as e:
+            if storage_error(e) is not None:          # a full or read-only disk: the user's to fix, not the run's
+                raise storage_error(e) from None
             if env.is_main:
                 write_json(spec.dir / "error.json", {"error": f"{type(e).__name__}: {e}",
                                                      "traceback": traceback.format_exc(), "time": time.time()})
@@ -172,6 +232,7 @@ def _train_and_evaluate(spec: RunSpec, scale, ident: dict, progress_bar: bool,
     device = device_for_run()
     info = _info(spec)
     data = load_training_data(scale, spec.data)
+    record_segment(spec, data.fingerprint, env.is_main)
     # The step plan is a single-process quantity (the global batch through one model): with several processes a
     # world-size-1 copy counts it, so every rank and every world size plan the same steps.
     planner = _build_method(info, spec, scale, ident, device) if env.world_size > 1 else None
@@ -207,7 +268,7 @@ def _train_and_evaluate(spec: RunSpec, scale, ident: dict, progress_bar: bool,
                "wall_time_s": round(state.wall_time_s, 3),
                "images_per_s": round(steps * scale.batch_size / max(state.wall_time_s, 1e-9), 2)}
     compute.update(getattr(method, "extra_compute", lambda: {})())
-    torch.save(method.export(), spec.dir / "model.pt")
+    checkpoint.atomic_torch_save(method.export(), spec.dir / "model.pt")
     metrics = {"method": spec.method, "seed": spec.seed, "scale": spec.scale, "config_hash": config_hash(ident),
                "compute": compute, "history": state.history, "stats": method.stats()}
     metrics["evals"] = evaluate_run(spec, scale, ident, compute, device)
@@ -263,7 +324,7 @@ def reevaluate(spec: RunSpec) -> dict:
         if not (spec.dir / "metrics.json").exists() or not (spec.dir / "model.pt").exists():
             raise UserError(f"{spec.dir} has no finished run to evaluate; train it first with `benchmark run`")
         check_config(spec, ident)
-        metrics = read_json(spec.dir / "metrics.json")
+        metrics = read_state(spec.dir / "metrics.json")
         metrics["evals"] = evaluate_run(spec, scale, ident, metrics["compute"], device_for_run())
         write_json(spec.dir / "metrics.json", metrics)
         rebuild_csv(Path(spec.results), spec.scale)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark import checkpoint, progress
-from benchmark.errors import UserError
-from benchmark.results import read_json
+from benchmark.errors import DamagedFile, UserError
+from benchmark.results import read_json, read_state
 
 RECORD = "slurm.json"            # written by benchmark.slurm at submission: the run's job id, its submitit folder
 _DIED = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
@@ -91,7 +91,7 @@ def _progress(run_dir: Path) -> tuple[int | None, int | None]:
     """(last logged step, planned steps) from train.jsonl; metrics.json's step count once finished."""
     metrics = run_dir / "metrics.json"
     if metrics.exists():
-        steps = read_json(metrics).get("compute", {}).get("steps")
+        steps = read_state(metrics).get("compute", {}).get("steps")
         return steps, steps
     step = total = None
     log = run_dir / "train.jsonl"
@@ -139,13 +139,23 @@ def collect(results: Path, scale: str) -> list[RunStatus]:
                         "<results>/<scale>/<method>/seed<k>)")
     run_dirs = sorted(d for d in root.glob("*/seed*") if d.is_dir()
                       and any((d / f).exists() for f in ("config.json", RECORD, "train.jsonl")))
-    records = {d: read_json(d / RECORD) if (d / RECORD).exists() else None for d in run_dirs}
+    damaged: dict[Path, str] = {}            # a state file that cannot be read: shown on its run's row
+
+    def state(path: Path) -> dict | None:
+        if not path.exists():
+            return None
+        try:
+            return read_state(path)
+        except DamagedFile as e:
+            damaged.setdefault(path.parent, str(e))
+            return None
+    records = {d: state(d / RECORD) for d in run_dirs}
     states = job_states([r["job_id"] for r in records.values() if r and r.get("job_id")])
     out = []
     for d in run_dirs:
         rec = records[d]
         job = rec.get("job_id") if rec else None
-        error = read_json(d / "error.json").get("error", "") if (d / "error.json").exists() else ""
+        error = (state(d / "error.json") or {}).get("error", "")
         if not job:
             slurm = "local"
         elif states is None:
@@ -164,13 +174,19 @@ def collect(results: Path, scale: str) -> list[RunStatus]:
                     last = _last_error_line(logs[1])
                     error += f"; {last}" if last else ""
                     error += f"; log: {logs[1]}"
-        step, total = _progress(d)
+        try:
+            step, total = _progress(d)
+        except DamagedFile as e:
+            step = total = None
+            damaged.setdefault(d, str(e))
         ckpt, ckpt_step = _checkpoint(d)
         if ckpt_step is not None and (step is None or ckpt_step > step):
             step = ckpt_step                      # the log is written every few steps, checkpoints may be newer
         steps = "-" if step is None else f"{step}/{total if total is not None else '?'}"
         live = ""
-        if (d / "metrics.json").exists():
+        if d in damaged:
+            detail = damaged[d]
+        elif (d / "metrics.json").exists():
             detail = "done"
         else:
             detail = error or ""

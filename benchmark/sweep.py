@@ -13,7 +13,7 @@ from benchmark.runs import RunSpec
 @dataclass
 class Outcome:
     spec: RunSpec
-    status: str          # "done", "failed", "skipped", "submitted"
+    status: str          # "done", "failed", "skipped", "locked" (another process holds it), "submitted"
     detail: str = ""
 
 

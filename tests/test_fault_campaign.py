@@ -142,3 +142,115 @@ def test_a_cut_last_log_line_does_not_stop_the_resume_and_the_rewrite_is_atomic(
     _train_clip(tmp_path, 4, smoke_scale)                     # resumes from step 2
     rows = [json.loads(ln) for ln in log.read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
+
+
+# ---- 3. declared ranges and choices of every method's config keys, checked by discovery ----------------------------
+@pytest.mark.parametrize("setting,needles", [
+    ("flip.unmasked_tune_fraction=5", ["flip.unmasked_tune_fraction=5.0 is outside [0, 1)"]),
+    ("maskclip_dong.ema_momentum=1.5", ["maskclip_dong.ema_momentum=1.5 is outside [0, 1]"]),
+    ("maskclip_dong.ema_momentum=-1", ["maskclip_dong.ema_momentum=-1.0 is outside [0, 1]"]),
+    ("maskclip_weers.decoder_layers=-3", ["maskclip_weers.decoder_layers=-3 is outside [1, 64]"]),
+    ("maskclip_dong.decoder_heads=0", ["maskclip_dong.decoder_heads=0 is outside [1, 256]"]),
+    ("maskclip_dong.decoder_width=1000000000000", ["decoder_width=1000000000000 is outside [1, 8192]"]),
+    ("uta.mask_mode=bogus", ["uta.mask_mode='bogus' is not one of random, reversed_block, complementary"]),
+    ("uta.teacher_checkpoint=/nonexistent.pt", ["/nonexistent.pt' does not name an existing file"]),
+])
+def test_out_of_range_config_values_are_refused_before_anything_is_written(tmp_path, capsys, setting, needles):
+    results = tmp_path / "results"
+    method = setting.split(".")[0]
+    code = main(["run", "--methods", f"flip,{method}", *SMOKE, "--results", str(results), "--set", setting])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for needle in [*needles, "--set", "config.yaml"]:
+        assert needle in err, (needle, err)
+    assert not results.exists()
+
+
+def test_every_numeric_or_choice_key_of_the_shipped_methods_declares_its_range():
+    from benchmark.discovery import discover
+    infos = discover(REPO_ROOT / "methods")
+    missing = [f"{name}.{key}" for name, info in infos.items() for key, value in info.defaults.items()
+               if not isinstance(value, bool) and key not in info.ranges and key != "teacher_run"]
+    assert not missing, f"declare these under ranges: in the method's config.yaml: {missing}"
+
+
+@pytest.mark.parametrize("config,needle", [
+    ("defaults: {depth: 2}\nranges: {depth: {min: 3}}\n", "depth=2 is outside [3, inf)"),
+    ("defaults: {depth: 2}\nscales: {smoke: {depth: 9}}\nranges: {depth: {max: 4}}\n", "depth=9 is outside"),
+    ("defaults: {depth: 2}\nranges: {width: {min: 1}}\n", "ranges.width names no key of 'defaults'"),
+    ("defaults: {depth: 2}\nranges: {depth: {least: 1}}\n", "ranges.depth must be a list of choices or a mapping"),
+    ("defaults: {mode: a}\nranges: {mode: [b, c]}\n", "mode='a' is not one of b, c"),
+    ("defaults: {w: 6, h: 4}\nranges: {w: {multiple_of: h}}\n", "w=6 must be a multiple of h=4"),
+])
+def test_a_method_whose_own_values_break_its_declared_ranges_is_broken(tmp_path, config, needle):
+    from benchmark.discovery import discover
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "method.py").write_text((REPO_ROOT / "methods" / "clip" / "method.py").read_text())
+    (tmp_path / "m" / "config.yaml").write_text(config)
+    info = discover(tmp_path)["m"]
+    assert not info.ok and needle in info.error, info.error
+
+
+# ---- 8. the whole sweep is validated before the first run trains; a locked run is skipped, the others go on -------
+def test_a_refusal_that_left_a_config_does_not_block_the_corrected_command(finished, in_methods, tmp_path, capsys):
+    """A run refused after its config.json was written (before this campaign: a method's own late check) holds no
+    training: the corrected command replaces the record instead of calling it 'a different config'."""
+    from benchmark.results import write_json
+    results = tmp_path / "results"
+    write_json(_run("flip", results) / "config.json", {"config_hash": "an-earlier-refused-config", "identity": {}})
+    write_json(_run("clip", results) / "config.json", {"config_hash": "another", "identity": {}})
+    (_run("clip", results) / "checkpoints").mkdir()                  # this one trained: still refused
+    code = main(["run", "--methods", "flip,clip", *SMOKE, "--results", str(results), "--no-report"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{_run('clip', results)} holds a run with a different config" in err, err
+    shutil.rmtree(_run("clip", results))
+    from benchmark.cli import _refuse_before_writing, _specs
+    from benchmark.cli import build_parser
+    args = build_parser().parse_args(["run", "--methods", "flip", *SMOKE, "--results", str(results)])
+    scale, specs = _specs(args, "smoke")
+    _refuse_before_writing(scale, specs, args)                       # no longer refused
+
+
+def test_a_locked_run_is_skipped_and_reported_while_the_others_go_on(finished, in_methods, tmp_path, capsys):
+    import fcntl
+    results = _copy(finished, tmp_path)
+    held = _run("clip", results)
+    held.mkdir(parents=True)
+    with open(held / ".lock", "a+") as lock:                          # another process is on clip/seed0
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        code = main(["run", "--methods", "clip,flip", *SMOKE, "--results", str(results), "--no-report"])
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    rows = {ln.split()[0]: ln for ln in out.splitlines() if "seed 0" in ln}
+    assert "locked" in rows["clip"] and "being written by another process" in rows["clip"]
+    assert rows["flip"].split()[-1] == "done"                          # after the locked one
+    assert "run the same command again" in err
+    assert not (held / "config.json").exists()
+
+
+# ---- 9. SystemExit at a method's import is contained --------------------------------------------------------------
+def test_a_method_that_exits_at_import_is_reported_broken_and_hides_nothing(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "methods"
+    shutil.copytree(REPO_ROOT / "methods" / "clip", root / "clip")
+    (root / "cli_at_import").mkdir()
+    (root / "cli_at_import" / "method.py").write_text(
+        "import argparse\nparser = argparse.ArgumentParser()\nparser.add_argument('--lr')\nargs = parser.parse_args()\n")
+    monkeypatch.setenv("MASKBENCH_METHODS", str(root))
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "cli_at_import  BROKEN:" in out and "exits when imported (SystemExit: 2 (method.py:4)" in out
+    assert "unrecognized arguments" in out and "__main__" in out
+    assert out.splitlines()[0].startswith("cli_at_import") and any(ln.startswith("clip ") for ln in out.splitlines())
+    res = tmp_path / "results"
+    assert main(["run", "--methods", "cli_at_import", *SMOKE, "--results", str(res)]) == 2
+    assert "exits when imported" in capsys.readouterr().err and not res.exists()
+
+
+# ---- 12. seeds are bounded ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", ["18446744073709551616", "4294967296"])
+def test_a_seed_beyond_32_bits_is_refused(tmp_path, capsys, seed):
+    res = tmp_path / "results"
+    assert main(["run", "--methods", "clip", *SMOKE, "--seeds", seed, "--results", str(res)]) == 2
+    err = capsys.readouterr().err
+    assert f"--seeds {seed} is too large" in err and "4294967295" in err
+    assert not res.exists()

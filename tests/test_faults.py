@@ -397,7 +397,7 @@ def test_bad_input_exits_2_naming_the_input_and_the_fix_and_writes_nothing(tmp_p
         (["run", "--methods", "nosubclass"], ["nosubclass", "exactly one Method subclass"]),
         (["run", "--methods", "importerror"], ["importerror", "nosuchmodule_xyz"]),
         (["run", "--methods", "badyaml"], ["badyaml/config.yaml", "not valid YAML"]),
-        (["run", "--methods", "toplevelkey"], ["toplevelkey/config.yaml", "only the keys 'defaults' and 'scales'"]),
+        (["run", "--methods", "toplevelkey"], ["toplevelkey/config.yaml", "only the keys 'defaults', 'scales'"]),
         (["run", "--methods", "scalekey"], ["mask_ration", "add them to 'defaults'"]),
         (["run", "--methods", "badratio"], ["badratio.mask_ratio=1.0", "outside [0, 1)"]),
         (["run", "--methods", "good", "--set", "good.mask_ratio=1.0"], ["good.mask_ratio=1.0", "[0, 1)"]),

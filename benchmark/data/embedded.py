@@ -8,16 +8,24 @@ Layout of a generated folder (webdataset shards, as img2dataset writes them)::
     manifest.json            generator version, parameters and the sha256 of every file
 
 Same parameters, same bytes. Generated once into a cache folder, atomically (a killed generation leaves
-nothing that looks finished).
+nothing that looks finished; its temporary folder is cleared by the next start, and its worker processes die
+with it). Every file is checked against the manifest's sha256 the first time a process uses the folder (and
+again when a file's size or mtime changes): a damaged cache is regenerated, never used. Files derived from it
+later (decoded images, tokens) carry a ``.sha256`` beside them and are rebuilt when it does not match.
 """
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import hashlib
 import json
 import multiprocessing
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -25,7 +33,7 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
-from benchmark.checkpoint import file_sha256
+from benchmark.checkpoint import atomic_write_bytes, file_sha256
 from benchmark.data import shapes as S
 
 VERSION = 2                 # 2: zero-shot classes name the size, one template in the caption grammar
@@ -227,33 +235,142 @@ def generate(out: Path, image_size: int, train_size: int, eval_size: int, seed: 
                 bar.update()
             return
         ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_die_with, initargs=(os.getpid(),)) as pool:
             for fut in as_completed([pool.submit(fn, *args) for fn, args in jobs]):
                 fut.result()
                 bar.update()
 
 
+def _die_with(parent: int) -> None:
+    """Worker initializer: a SIGKILL of the generating process kills its workers too (Linux's parent-death
+    signal; elsewhere they finish their file and exit when the pool's pipe closes)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)       # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:                                           # the parent died before the prctl
+        os._exit(1)
+
+
+# ---- the cache: verified at load, regenerated when damaged, temporary folders of killed runs cleared -----------------
+_VERIFIED: dict[str, tuple[int, int, str]] = {}     # path -> (size, mtime_ns, sha256) checked in this process
+_LOCK = ".generating.lock"                            # held by the process generating into a temporary folder
+
+
+def _matches(path: Path, digest: str) -> bool:
+    """``path`` has sha256 ``digest``; hashed once per process while its size and mtime stay the same."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    key = (st.st_size, st.st_mtime_ns, digest)
+    if _VERIFIED.get(str(path)) == key:
+        return True
+    if file_sha256(path) != digest:
+        return False
+    _VERIFIED[str(path)] = key
+    return True
+
+
+def damage(folder: Path) -> str:
+    """What is wrong with a generated folder ('' when every file matches its manifest)."""
+    manifest = folder / "manifest.json"
+    try:
+        files = json.loads(manifest.read_bytes().decode("utf-8"))["files"]
+        assert isinstance(files, dict) and files
+    except FileNotFoundError:
+        return f"{manifest} is missing"
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        return f"{manifest} is damaged"
+    for name, digest in files.items():
+        if not _matches(folder / name, digest):
+            return f"{folder / name} does not match its sha256 in {manifest}"
+    return ""
+
+
+def cached_ok(path: Path) -> bool:
+    """A derived file (decoded images, tokens) whose ``.sha256`` beside it matches."""
+    try:
+        digest = path.with_name(path.name + ".sha256").read_text().strip()
+    except OSError:
+        return False
+    return _matches(path, digest)
+
+
+def write_cached(path: Path, data: bytes) -> None:
+    """A derived file, written beside and renamed, then its digest (written last: a kill between leaves a file
+    without digest, which is rebuilt)."""
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+
+
+def _discard(folder: Path) -> None:
+    """Move a damaged folder out of the way at once (a rename), then delete it; readers that still have its files
+    open keep them."""
+    trash = folder.with_name(f".damaged-{folder.name}-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.rename(folder, trash)
+    except FileNotFoundError:              # another process moved it first
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def clear_stale(root: Path) -> list[Path]:
+    """Delete temporary folders that no live process is generating into (a kill mid-generation leaves one)."""
+    cleared = []
+    for d in root.glob(".*"):
+        if not d.is_dir() or not d.name.startswith((".v", ".damaged-")):
+            continue
+        if not d.name.startswith(".damaged-"):
+            try:
+                fd = os.open(d / _LOCK, os.O_RDWR)
+            except OSError:                           # no lock yet (a generator just began) or already renamed
+                if time.time() - d.stat().st_mtime < 600:
+                    continue
+            else:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)    # nobody holds it: its generator is gone
+                except BlockingIOError:
+                    continue                                        # still being generated
+                finally:
+                    os.close(fd)
+        shutil.rmtree(d, ignore_errors=True)
+        cleared.append(d)
+    return cleared
+
+
 def ensure(image_size: int, train_size: int, eval_size: int, seed: int = 0, root: Path | None = None) -> Path:
-    """The folder holding this embedded dataset, generating it first if it is not cached."""
+    """The folder holding this embedded dataset, generating it first if it is not cached or is damaged."""
     root = Path(root or cache_root() / "embedded")
     name = f"v{VERSION}-px{image_size}-train{train_size}-eval{eval_size}-seed{seed}"
     final = root / name
-    if (final / "manifest.json").exists():
-        return final
+    if final.exists():
+        problem = damage(final)
+        if not problem:
+            return final
+        print(f"warning: the embedded data cache is damaged ({problem}); regenerating {final} (same seed, same "
+              "bytes)", file=sys.stderr, flush=True)
+        _discard(final)
     root.mkdir(parents=True, exist_ok=True)
+    for d in clear_stale(root):
+        print(f"cleared {d}, left by a generation that was killed", file=sys.stderr)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    lock = open(tmp / _LOCK, "a+")
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         generate(tmp, image_size, train_size, eval_size, seed)
+        (tmp / _LOCK).unlink()                                     # still held (the open file) until the rename
         files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
         manifest = {"version": VERSION, "image_size": image_size, "train_size": train_size,
                     "eval_size": eval_size, "seed": seed, "files": files}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        atomic_write_bytes(tmp / "manifest.json", json.dumps(manifest, indent=1).encode())
         try:
             os.rename(tmp, final)
         except OSError:            # another process finished first: keep theirs
-            if not (final / "manifest.json").exists():
+            if damage(final):
                 raise
     finally:
+        lock.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return final
 

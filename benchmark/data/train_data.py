@@ -8,15 +8,14 @@ the model's device; captions are tokenised once and cached beside the data.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmark.checkpoint import mkstemp_like_open
 from benchmark.data import embedded
 from benchmark.data.preprocess import normalize_images, tokenizer
 from benchmark.data.readers import read_pairs_from_csv, read_pairs_from_shards
@@ -28,12 +27,28 @@ def tokenize_cached(captions: list[str], context_length: int, cache_dir: Path | 
     """Tokens [N, L] of ``captions``; cached as .npy in ``cache_dir`` keyed by the captions' hash."""
     key = hashlib.sha256(("\n".join(captions) + f"|{context_length}").encode()).hexdigest()[:16]
     path = cache_dir / f"tokens-{key}.npy" if cache_dir else None
-    if path is not None and path.exists():
+    if path is not None and _cached(path):
         return torch.from_numpy(np.load(path))
     tokens = tokenizer(context_length)(captions)
     if path is not None:
-        _atomic_save(path, lambda f: np.save(f, tokens.numpy()))
+        embedded.write_cached(path, _npy_bytes(tokens.numpy()))
     return tokens
+
+
+def _cached(path: Path) -> bool:
+    """A derived cache file that matches the digest beside it; a damaged one is named and rebuilt."""
+    if embedded.cached_ok(path):
+        return True
+    if path.exists():
+        print(f"warning: {path} does not match its sha256 (damaged, or written before digests were kept); "
+              "rebuilding it", file=sys.stderr)
+    return False
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
 
 
 class InMemoryPairs:
@@ -76,22 +91,15 @@ class InMemoryPairs:
                 "indices": idx}
 
 
-def _atomic_save(path: Path, write) -> None:
-    fd, tmp = mkstemp_like_open(path.parent, path.name)
-    with os.fdopen(fd, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
 def _decoded_cached(folder: Path, size: int) -> tuple[np.ndarray, list[str]]:
     """Decoding 30k PNGs takes ~15 s here; the decoded uint8 array is cached beside the shards."""
     arr, caps = folder / f"train-decoded-px{size}.npy", folder / "train-captions.json"
-    if arr.exists() and caps.exists():
+    if _cached(arr) and _cached(caps):
         return np.load(arr), json.loads(caps.read_text())
     urls = sorted(str(p) for p in folder.glob("train-*.tar"))
     images, captions, _ = read_pairs_from_shards(urls, size)
-    _atomic_save(arr, lambda f: np.save(f, images))
-    _atomic_save(caps, lambda f: f.write(json.dumps(captions).encode()))
+    embedded.write_cached(arr, _npy_bytes(images))
+    embedded.write_cached(caps, json.dumps(captions).encode())
     return images, captions
 
 
@@ -133,5 +141,7 @@ def load_training_data(scale: Scale, data_override: str | None = None):
             print(f"warning: skipped {report.skipped} unreadable sample(s) in {path} ({report.read} read; last "
                   f"error: {report.last_error})", file=sys.stderr)
     tokens = tokenize_cached(captions, scale.context_length, None)
-    fp = hashlib.sha256(("\n".join(captions)).encode() + images.tobytes()[:1 << 20]).hexdigest()[:16]
+    digest = hashlib.sha256("\n".join(captions).encode())
+    digest.update(np.ascontiguousarray(images).data)          # every pixel: a replaced image changes it
+    fp = digest.hexdigest()[:16]
     return InMemoryPairs(images, tokens, fp, augment=spec.augment)
