@@ -223,7 +223,7 @@ def test_a_locked_run_is_skipped_and_reported_while_the_others_go_on(finished, i
     assert code == 2, err
     rows = {ln.split()[0]: ln for ln in out.splitlines() if "seed 0" in ln}
     assert "locked" in rows["clip"] and "being written by another process" in rows["clip"]
-    assert rows["flip"].split()[-1] == "done"                          # after the locked one
+    assert rows["flip"].split()[3] == "done"                           # after the locked one
     assert "run the same command again" in err
     assert not (held / "config.json").exists()
 
