@@ -86,13 +86,15 @@ def _common(p: argparse.ArgumentParser, methods: bool = True) -> None:
         p.add_argument("--seeds", nargs="+", default=None, metavar="SEED",
                        help="non-negative integers separated by commas or spaces (e.g. 0 1 2 or 0,1,2); "
                             "default: the scale's seeds (pocket 0 1 2, others 0)")
-    p.add_argument("--scale", default="pocket", help=f"the scale: {SCALES}")
+    p.add_argument("--scale", default="pocket", help=f"the scale: {SCALES}, a name in scales/, or a scale file "
+                   "FILE.yaml (scales/README.md)")
     p.add_argument("--results", default="results", help="results folder; runs go to RESULTS/SCALE/METHOD/seedK")
 
 
 def _data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                   help="override a method config value (repeatable), e.g. --set flip.mask_ratio=0.75")
+                   help="override a method config value (repeatable), e.g. --set flip.mask_ratio=0.75, or a scale "
+                        "field: --set scale.batch_size=64, --set scale.optim.lr=1e-3")
     p.add_argument("--match", default="flops", choices=["flops", "samples"],
                    help="matched compute: every method gets the training FLOPs (flops) or the samples (samples) "
                         "of the scale's CLIP run")
@@ -101,6 +103,25 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
                         "image paths and captions")
     p.add_argument("--dataset-root", default=None,
                    help="root folder of real evaluation datasets (read from disk, never downloaded)")
+    _csv_flags(p)
+
+
+def _csv_flags(p: argparse.ArgumentParser) -> None:
+    """open_clip's CSV options (open_clip_train/params.py); they set the scale's data.csv_* fields."""
+    p.add_argument("--csv-separator", default=None, help="CSV separator (open_clip's default: tab; '\\t' for tab)")
+    p.add_argument("--csv-img-key", default=None, help="column of the image paths (open_clip's default: filepath)")
+    p.add_argument("--csv-caption-key", default=None, help="column of the captions (open_clip's default: title)")
+
+
+def _scale_sets(args) -> list:
+    """--set scale.KEY=VALUE (YAML values) and the --csv-* flags (literal values) as scale overrides."""
+    sets: list = [item.split(".", 1)[1] for item in getattr(args, "set", []) if item.startswith("scale.")]
+    for flag, key in (("csv_separator", "data.csv_separator"), ("csv_img_key", "data.csv_img_key"),
+                      ("csv_caption_key", "data.csv_caption_key")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            sets.append((key, "\t" if value == "\\t" else value))
+    return sets
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev = _sub(sub, "eval", "re-evaluate finished runs without retraining")
     _common(ev)
     _data_flags(ev)
+    ev.add_argument("--checkpoint", default=None, help="evaluate a checkpoint maskbench did not train (an open_clip "
+                    "state dict or pretrained file on disk), written as its own row marked external")
+    ev.add_argument("--model", default=None, help="with --checkpoint: its open_clip config name (e.g. ViT-B-16) "
+                    "or a JSON model-config file")
+    ev.add_argument("--name", default=None, help="with --checkpoint: its label in results and reports")
     rep = _sub(sub, "report", "write tables, plots and HTML from the results folder")
     _common(rep, methods=False)
     rep.add_argument("--reports", default="reports", help="where the report is written (REPORTS/SCALE/)")
@@ -158,20 +184,21 @@ def cmd_list(args) -> int:
 def _specs(args, scale_name: str):
     from benchmark.discovery import resolve
     from benchmark.runs import RunSpec
-    from benchmark.scales import default_seeds, get_scale
-    scale = get_scale(scale_name)
+    from benchmark.scale_files import load_scale
+    from benchmark.scales import default_seeds
+    scale, source = load_scale(scale_name, _scale_sets(args), getattr(args, "data", None))
     infos = resolve(split_list(args.methods))
     seeds = _seeds(args.seeds) if args.seeds else list(default_seeds(scale.name))
-    overrides = _overrides(getattr(args, "set", []))
+    overrides = _overrides([s for s in getattr(args, "set", []) if not s.startswith("scale.")])
     names = {i.name: i for i in infos}
     from benchmark.discovery import discover
     all_infos = discover()
     for method, values in overrides.items():
         if method not in all_infos or not all_infos[method].ok:
             raise UserError(f"--set names unknown method {method!r}; available: {', '.join(all_infos)}")
-        all_infos[method].config(scale.name, values)          # validates keys, types and ranges now
+        all_infos[method].config(scale.method_config_scale, values)   # validates keys, types and ranges now
     for info in names.values():
-        info.config(scale.name, overrides.get(info.name, {}))
+        info.config(scale.method_config_scale, overrides.get(info.name, {}))
     if any(ord(ch) < 32 for ch in args.results):      # it reaches `#SBATCH --output=` lines: a line break adds one
         raise UserError(f"--results {args.results!r} contains a control character; pass a plain folder path")
     if args.dataset_root and not Path(args.dataset_root).is_dir():
@@ -181,7 +208,9 @@ def _specs(args, scale_name: str):
     report_to = parse_report_to(getattr(args, "report_to", None))
     return scale, [RunSpec(method=i.name, seed=s, scale=scale.name, results=args.results, match=args.match,
                            overrides=overrides, force=getattr(args, "force", False), data=args.data,
-                           dataset_root=args.dataset_root, report_to=report_to) for s in seeds for i in infos]
+                           dataset_root=args.dataset_root, report_to=report_to,
+                           scale_def=scale.to_dict() if source else None, scale_source=source)
+            for s in seeds for i in infos]
 
 
 def _refuse_before_writing(scale, specs, args) -> None:
@@ -196,12 +225,25 @@ def _refuse_before_writing(scale, specs, args) -> None:
     _check_writable(Path(args.results), "--results")
     if getattr(args, "reports", None) and not getattr(args, "no_report", False):
         _check_writable(Path(args.reports), "--reports")
-    if args.data and args.cluster != "slurm":
+    _check_eval_datasets(scale, args, getattr(args, "cluster", "local"))
+    if (args.data or scale.data.kind == "csv") and args.cluster != "slurm":
         from benchmark.data.train_data import load_training_data
         from benchmark.runs import check_resume_data
         data = load_training_data(scale, args.data)
         for spec in specs:
             check_resume_data(spec, data.fingerprint)
+
+
+def _check_eval_datasets(scale, args, cluster: str) -> None:
+    """Every real evaluation dataset readable and every image file present (exit 2 before training); says
+    which datasets each family runs on."""
+    root = args.dataset_root or scale.data.dataset_root
+    if cluster == "slurm" and root and not Path(root).is_dir():
+        return                                   # the root may be on the cluster's file system only
+    from benchmark.evaluation.suite import check_datasets
+    for line in check_datasets(scale, scale.eval_suite, args.dataset_root):
+        if root:
+            print(f"evaluation: {line}")
 
 
 def cmd_run(args) -> int:
@@ -297,9 +339,12 @@ def _report(results: str, scale: str, reports: str) -> None:
 
 
 def cmd_eval(args) -> int:
+    if args.checkpoint or args.model or args.name:
+        return _eval_external(args)
     from benchmark.runs import reevaluate
     scale, specs = _specs(args, args.scale)
     _check_writable(Path(args.results), "--results")
+    _check_eval_datasets(scale, args, "local")
     try:
         for spec in specs:
             m = reevaluate(spec)
@@ -309,25 +354,42 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _eval_external(args) -> int:
+    from benchmark.external import evaluate_checkpoint
+    from benchmark.scale_files import load_scale
+    if not args.checkpoint or not args.model:
+        raise UserError("--checkpoint FILE and --model NAME go together (--name LABEL optional): e.g. "
+                        "eval --checkpoint open_clip_model.pt --model ViT-B-16 --scale SCALE")
+    scale, source = load_scale(args.scale, _scale_sets(args))
+    if args.dataset_root and not Path(args.dataset_root).is_dir():
+        raise UserError(f"--dataset-root {args.dataset_root} does not exist; pass the folder that holds the "
+                        "evaluation datasets (see docs/evaluation.md for the layouts)")
+    _check_eval_datasets(scale, args, "local")
+    m = evaluate_checkpoint(args.checkpoint, args.model, args.name, scale, source, args.results, args.dataset_root)
+    print(f"{scale.name}/{m['method']} (external, {m['open_clip_model']}): {m['evals']}")
+    return 0
+
+
 def cmd_report(args) -> int:
     try:
         from benchmark import report
     except ImportError:
         raise UserError("reports are not available in this version") from None
-    from benchmark.scales import get_scale
-    scale = get_scale(args.scale)
+    from benchmark.scale_files import scale_name
+    name = scale_name(args.scale)
     _check_writable(Path(args.reports), "--reports")
-    if (Path(args.results) / scale.name).is_dir():
-        _check_writable(Path(args.results) / scale.name, "--results")
-    _rebuild_table(args.results, scale.name)
-    out = report.write_reports(Path(args.results), args.scale, Path(args.reports))
+    if (Path(args.results) / name).is_dir():
+        _check_writable(Path(args.results) / name, "--results")
+    _rebuild_table(args.results, name)
+    out = report.write_reports(Path(args.results), name, Path(args.reports))
     print(f"reports written to {out}")
     return 0
 
 
 def cmd_status(args) -> int:
     from benchmark import status
-    return status.main(Path(args.results), args.scale)
+    from benchmark.scale_files import scale_name
+    return status.main(Path(args.results), scale_name(args.scale))
 
 
 def cmd_perf(args) -> int:

@@ -8,7 +8,9 @@
         metrics.json    compute (steps, samples, FLOPs, wall time, images/s) and the main metric per task
         evals/<task>.json   clip_benchmark's keys (dataset, model, task, metrics) + run identity and compute
         error.json      present when the run failed: the error and its traceback
-    results/<scale>/results.csv   one tidy table over every run (one row per run, task, dataset, metric)
+    results/<scale>/results.csv   one tidy table over every run (one row per run, task, dataset, metric; external
+                                  is true for a checkpoint maskbench did not train, `eval --checkpoint`)
+    results/<scale>/<label>/seed0/  such an external checkpoint: config.json, metrics.json and evals/ as a run's
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from benchmark.errors import DamagedFile
 
 CSV_COLUMNS = ["scale", "method", "seed", "task", "dataset", "metric", "value", "main", "chance",
                "steps", "samples_seen", "train_flops", "flops_per_step", "wall_time_s", "images_per_s",
-               "config_hash", "code_version"]
+               "config_hash", "code_version", "external"]
 
 
 def run_dir(results: Path, scale: str, method: str, seed: int) -> Path:
@@ -126,7 +128,8 @@ def _write_csv(root: Path, scale: str) -> tuple[Path, list[tuple[Path, str]]]:
                     "steps": comp.get("steps"), "samples_seen": comp.get("samples_seen"),
                     "train_flops": comp.get("train_flops"), "flops_per_step": comp.get("flops_per_step"),
                     "wall_time_s": comp.get("wall_time_s"), "images_per_s": comp.get("images_per_s"),
-                    "config_hash": run.get("config_hash"), "code_version": run.get("code_version")})
+                    "config_hash": run.get("config_hash"), "code_version": run.get("code_version"),
+                    "external": bool(run.get("external", False))})
     df = pd.DataFrame(rows, columns=CSV_COLUMNS)
     path = root / "results.csv"
     atomic_write_bytes(path, df.to_csv(index=False).encode())

@@ -25,7 +25,7 @@ from benchmark.errors import DamagedFile, RunFailed, RunLocked, UserError, stora
 from benchmark.evaluation import suite
 from benchmark.method import Context
 from benchmark.results import code_version, read_state, rebuild_csv, run_dir, write_json
-from benchmark.scales import get_scale
+from benchmark.scales import Scale, get_scale
 from benchmark.train import Interrupted, StopFlag, TrainPlan, train
 
 
@@ -42,6 +42,8 @@ class RunSpec:
     dataset_root: str | None = None    # real evaluation datasets
     methods_dir: str | None = None
     report_to: tuple = ()              # experiment trackers (benchmark.tracking); not part of the run's identity
+    scale_def: dict | None = None      # a scale file's (or a --set scale.* changed) scale, as Scale.to_dict()
+    scale_source: dict | None = None   # where it came from: file, sha256, --set values (kept in config.json)
 
     @property
     def dir(self) -> Path:
@@ -55,13 +57,21 @@ def _info(spec: RunSpec):
     return discovery.resolve([spec.method], Path(spec.methods_dir) if spec.methods_dir else None)[0]
 
 
+def spec_scale(spec: RunSpec) -> Scale:
+    """The run's scale: a built-in by name, or the scale a file or ``--set scale.*`` defined."""
+    return Scale.from_dict(spec.scale_def) if spec.scale_def else get_scale(spec.scale)
+
+
 def identity(spec: RunSpec) -> dict:
     """Everything that determines a run's numbers; its hash guards the run folder against mixing."""
-    scale = get_scale(spec.scale)
+    scale = spec_scale(spec)
     info = _info(spec)
-    return {"method": spec.method, "seed": spec.seed, "scale": scale.to_dict(), "match": spec.match,
-            "method_config": info.config(spec.scale, spec.overrides.get(spec.method, {})),
-            "data": spec.data, "dataset_root": spec.dataset_root}
+    ident = {"method": spec.method, "seed": spec.seed, "scale": scale.to_dict(), "match": spec.match,
+             "method_config": info.config(scale.method_config_scale, spec.overrides.get(spec.method, {})),
+             "data": spec.data, "dataset_root": spec.dataset_root}
+    if spec.scale_source and spec.scale_source.get("set"):
+        ident["scale_set"] = list(spec.scale_source["set"])       # --set scale.KEY=VALUE, as given
+    return ident
 
 
 def config_hash(ident: dict) -> str:
@@ -141,7 +151,8 @@ def _prepare(spec: RunSpec, ident: dict) -> dict | None:
         return read_state(metrics_path)
     write_json(spec.dir / "config.json", {"config_hash": config_hash(ident), "identity": ident,
                                           "code_version": code_version(), "torch": torch.__version__,
-                                          "open_clip": open_clip.__version__, "segments": _segments(spec, ident)})
+                                          "open_clip": open_clip.__version__, "segments": _segments(spec, ident),
+                                          **({"scale_source": spec.scale_source} if spec.scale_source else {})})
     (spec.dir / "error.json").unlink(missing_ok=True)
     return None
 
@@ -199,7 +210,7 @@ def execute(spec: RunSpec, progress_bar: bool = True, stop: StopFlag | None = No
     writes every file, the others train and return None. ``stop``: a flag polled at every step; when it is raised
     the run saves a checkpoint and raises ``Interrupted`` (a Slurm requeue), which is not a failure.
     """
-    scale = get_scale(spec.scale)
+    scale = spec_scale(spec)
     ident = identity(spec)
     env = distributed.current()
     with run_lock(spec.dir) if env.is_main else nullcontext():
@@ -255,7 +266,7 @@ def _train_and_evaluate(spec: RunSpec, scale, ident: dict, progress_bar: bool,
     tracker = tracking.for_run(spec, ident, config_hash(ident)) if env.is_main else None
     with stop.armed() if stop is not None else nullcontext(), tracking.closed_on_error(tracker):
         state = train(model, method, data, plan, spec.dir, device, rank=env.rank, world_size=env.world_size,
-                      periodic_eval=suite.zero_shot_probe(scale, device) if eval_every and env.is_main else None,
+                      periodic_eval=suite.zero_shot_probe(scale, device, spec.dataset_root) if eval_every and env.is_main else None,
                       stop_requested=stop if stop is not None else (lambda: False), progress_bar=progress_bar,
                       tracker=tracker)
     if not env.is_main:
@@ -294,7 +305,15 @@ def evaluate_run(spec: RunSpec, scale, ident: dict, compute: dict, device) -> di
     results = suite.evaluate(model, scale, scale.eval_suite, device, spec.dataset_root)
     run_meta = {"method": spec.method, "seed": spec.seed, "scale": spec.scale, "config_hash": config_hash(ident),
                 "code_version": code_version(), "run_dir": str(spec.dir)}
-    evals_dir = spec.dir / "evals"
+    summary = write_evals(spec.dir, results, run_meta, compute, spec.method, str(spec.dir / "model.pt"))
+    summary["eval_time_s"] = round(time.perf_counter() - t0, 3)
+    return summary
+
+
+def write_evals(folder: Path, results: dict, run_meta: dict, compute: dict, model: str, pretrained: str) -> dict:
+    """``folder/evals/<task>[.<dataset>].json`` from ``suite.evaluate``'s results; returns the main metric per
+    task and dataset (or the task's error)."""
+    evals_dir = folder / "evals"
     shutil.rmtree(evals_dir, ignore_errors=True)
     summary = {}
     for task, res in results.items():
@@ -304,19 +323,18 @@ def evaluate_run(spec: RunSpec, scale, ident: dict, compute: dict, device) -> di
             continue
         for i, r in enumerate(res):
             name = f"{task}.json" if len(res) == 1 else f"{task}.{r['dataset'].replace('/', '_')}.json"
-            write_json(evals_dir / name, {"dataset": r["dataset"], "model": spec.method,
-                                          "pretrained": str(spec.dir / "model.pt"), "task": task,
+            write_json(evals_dir / name, {"dataset": r["dataset"], "model": model,
+                                          "pretrained": pretrained, "task": task,
                                           "language": "en", "metrics": r["metrics"],
                                           "main_metric": r["main_metric"], "chance": r.get("chance"),
                                           "notes": r.get("notes", {}), "run": run_meta, "compute": compute})
             summary.setdefault(task, {})[r["dataset"]] = r["metrics"][r["main_metric"]]
-    summary["eval_time_s"] = round(time.perf_counter() - t0, 3)
     return summary
 
 
 def reevaluate(spec: RunSpec) -> dict:
     """``benchmark eval``: evaluate a finished run's exported model again, without retraining."""
-    scale = get_scale(spec.scale)
+    scale = spec_scale(spec)
     ident = identity(spec)
     if not (spec.dir / "metrics.json").exists():          # refused before the lock creates the folder
         raise UserError(f"{spec.dir} has no finished run to evaluate; train it first with `benchmark run`")

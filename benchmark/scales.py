@@ -29,9 +29,15 @@ class Data:
     kind: str                      # "embedded" (generated here), "webdataset" or "csv"
     train_size: int = 0            # embedded: training pairs to generate
     eval_size: int = 0             # embedded: items per evaluation set
-    path: str = ""                 # webdataset: brace pattern of shards; csv: file with path,caption
+    path: str = ""                 # webdataset: brace pattern of shards; csv: a CSV/TSV file (see csv_* below)
     dataset_root: str = ""         # real evaluation datasets (clip_benchmark layouts)
-    augment: bool = False          # RandomResizedCrop(0.9-1.0) as open_clip trains
+    augment: bool = False          # open_clip's train transform: RandomResizedCrop(crop_scale) of the original image
+    crop_scale: tuple[float, float] = (0.9, 1.0)   # RandomResizedCrop's area range (open_clip AugmentationCfg.scale)
+    # CSV columns as open_clip's --csv-separator/--csv-img-key/--csv-caption-key (open_clip_train/params.py:
+    # tab, filepath, title). Empty: open_clip's defaults, or maskbench's comma "path,caption" header when found.
+    csv_separator: str = ""
+    csv_img_key: str = ""
+    csv_caption_key: str = ""
     stream: bool = False           # read shards as a stream (datasets larger than memory) instead of loading them
     workers: int = 8               # data-loading processes per GPU when streaming
 
@@ -58,6 +64,10 @@ class Scale:
     eval_every_samples: int = 0    # periodic zero-shot evaluation during training (0 = off)
     resources: Resources = field(default_factory=Resources)
     runs_here: bool = True         # False: defined for the cluster only
+    # per task family, the real datasets to evaluate (names as in evaluation/<task>.py DATASETS, or "embedded");
+    # a family not named here evaluates every dataset of its DATASETS found under the dataset root
+    eval_datasets: dict = field(default_factory=dict)
+    extends: str = ""              # a scale file's built-in base: its per-scale method values apply (config.yaml)
 
     @property
     def image_size(self) -> int:
@@ -71,8 +81,26 @@ class Scale:
     def patch_grid(self) -> int:
         return self.image_size // int(self.model["vision_cfg"]["patch_size"])
 
+    @property
+    def method_config_scale(self) -> str:
+        """The scale name whose ``scales:`` entry of a method's config.yaml applies."""
+        return self.name if self.name in SCALES or not self.extends else self.extends
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Scale":
+        """The inverse of ``to_dict`` (a scale travels to job processes as a dict)."""
+        def tup(x):
+            return tuple(x) if isinstance(x, list) else x
+        d = dict(d)
+        d["optim"] = Optim(**{k: tup(v) for k, v in d["optim"].items()})
+        d["data"] = Data(**{k: tup(v) for k, v in d["data"].items()})
+        d["resources"] = Resources(**d["resources"])
+        d["eval_suite"] = tuple(d["eval_suite"])
+        d["eval_datasets"] = {k: list(v) for k, v in d.get("eval_datasets", {}).items()}
+        return cls(**d)
 
 
 def _tiny_model(image_size: int, patch: int, width: int, layers: int, text_width: int, text_layers: int,
@@ -177,6 +205,8 @@ def default_seeds(name: str) -> tuple[int, ...]:
 
 
 def get_scale(name: str) -> Scale:
+    """A built-in scale by name (scale files: ``benchmark.scale_files.load_scale``)."""
     if name not in SCALES:
-        raise UserError(f"unknown scale {name!r}: choose one of {', '.join(SCALES)} (--scale)")
+        raise UserError(f"unknown scale {name!r}: choose one of {', '.join(SCALES)}, or pass a scale file "
+                        "(--scale FILE.yaml, see scales/README.md)")
     return SCALES[name]

@@ -29,8 +29,7 @@ import yaml
 from benchmark import discovery, distributed
 from benchmark.errors import UserError
 from benchmark.results import read_json, write_json
-from benchmark.runs import RunSpec, check_config, discard_outputs, execute, identity, run_lock
-from benchmark.scales import get_scale
+from benchmark.runs import RunSpec, check_config, discard_outputs, execute, identity, run_lock, spec_scale
 from benchmark.status import ACTIVE_STATES, RECORD, job_states
 from benchmark.sweep import Outcome, requirements
 from benchmark.train import Interrupted, StopFlag
@@ -288,7 +287,7 @@ def submit_sweep(specs: list[RunSpec], profile_path: str | None = None, methods_
     if shutil.which("sbatch") is None:
         raise UserError("--cluster slurm: sbatch is not on PATH; run from a Slurm login node, or start the local test "
                         "cluster with `bash slurm/local-cluster.sh up` (root)")
-    scale = get_scale(specs[0].scale)
+    scale = spec_scale(specs[0])
     methods_root = Path(methods_dir or specs[0].methods_dir or discovery.methods_dir()).resolve()
     specs = [dataclasses.replace(s, results=str(Path(s.results).resolve()),
                                  methods_dir=str(Path(s.methods_dir).resolve()) if s.methods_dir else str(methods_root))

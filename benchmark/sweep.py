@@ -7,7 +7,7 @@ from pathlib import Path
 
 from benchmark import discovery
 from benchmark.errors import UserError
-from benchmark.runs import RunSpec
+from benchmark.runs import RunSpec, spec_scale
 
 
 @dataclass
@@ -20,7 +20,7 @@ class Outcome:
 def requirements(spec: RunSpec, methods_dir: Path | None = None) -> list[str]:
     """The methods whose run (same scale and seed) must finish before ``spec`` starts (``Method.requires``)."""
     info = discovery.resolve([spec.method], methods_dir)[0]
-    return info.cls.requires(info.config(spec.scale, spec.overrides.get(spec.method, {})))
+    return info.cls.requires(info.config(spec_scale(spec).method_config_scale, spec.overrides.get(spec.method, {})))
 
 
 def with_requirements(specs: list[RunSpec], methods_dir: Path | None = None) -> list[RunSpec]:

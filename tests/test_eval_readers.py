@@ -131,8 +131,8 @@ def test_imagenet_reader_matches_imagefolder(root):
     from torchvision.datasets import ImageFolder
     images, labels, classes = R.read_imagenet(root, "val", SIZE)
     ref = ImageFolder(str(root / "imagenet1k" / "val"), transform=TRANSFORM)
-    assert labels == ref.targets
-    assert classes == ["tench", "goldfish", "great white shark"]      # clip_benchmark's names for these wnids
+    assert labels == ref.targets             # these three are the first wnids of the 1,000: indices 0, 1, 2
+    assert len(classes) == 1000 and classes[:3] == ["tench", "goldfish", "great white shark"]   # clip_benchmark's
     assert torch.allclose(_ours(images), _theirs(ref), atol=1e-6)
 
 
@@ -233,12 +233,18 @@ def test_suite_on_real_layouts_encodes_once_and_isolates_a_missing_dataset(root,
     # encode once: the test images of zero-shot classification are the linear probe's test images
     unique = (3 * 2 + 3 * 4) + (26 + 18) + 11 + 10 + 3 + 4     # IN val+train, CIFAR-10/100, COCO, Flickr, SC, VQA
     assert enc.encoded_images == unique
-    # a missing dataset fails its task with a message naming the path and layout; the others still run
+    # a damaged dataset (its folder there, a file missing) fails its task with a message naming the path and
+    # layout; the others still run
     partial = tmp_path / "partial"
     shutil.copytree(root, partial)
-    shutil.rmtree(partial / "flickr30k")
+    (partial / "flickr30k" / "flickr30k_test_karpathy.txt").unlink()
     out = suite.evaluate(model, _paper_like(smoke_scale, partial), ["zeroshot_retrieval", "compositionality"], "cpu")
     err = out["zeroshot_retrieval"]["error"]
     assert "UserError" in err and str(partial / "flickr30k" / "flickr30k_test_karpathy.txt") in err
     assert "header line" in err                                 # the expected layout is spelled out
     assert out["compositionality"][0]["dataset"] == "sugar_crepe"
+    # an absent dataset: the family runs on the ones present and names the missing one
+    shutil.rmtree(partial / "flickr30k")
+    out = suite.evaluate(model, _paper_like(smoke_scale, partial), ["zeroshot_retrieval"], "cpu")
+    assert [r["dataset"] for r in out["zeroshot_retrieval"]] == ["mscoco_captions"]
+    assert out["zeroshot_retrieval"][0]["notes"]["missing_datasets"] == ["flickr30k"]

@@ -13,9 +13,11 @@ def tokenizer(context_length: int) -> open_clip.SimpleTokenizer:
     return open_clip.SimpleTokenizer(context_length=context_length)
 
 
-def normalize_images(images_u8: torch.Tensor, device, dtype=torch.float32) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> normalised float on ``device`` (open_clip's OpenAI mean/std)."""
+def normalize_images(images_u8: torch.Tensor, device, dtype=torch.float32, mean=OPENAI_MEAN,
+                     std=OPENAI_STD) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> normalised float on ``device`` (open_clip's OpenAI mean/std unless given: an
+    external model's ``preprocess_cfg``)."""
     x = images_u8.to(device, non_blocking=True).to(dtype).div_(255)
-    mean = torch.tensor(OPENAI_MEAN, device=device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(OPENAI_STD, device=device, dtype=dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(mean, device=device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=device, dtype=dtype).view(1, 3, 1, 1)
     return (x - mean) / std

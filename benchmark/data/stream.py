@@ -1,7 +1,7 @@
 """Streaming training data for datasets larger than memory (the paper scales: CC3M, CC12M, YFCC-15M shards).
 
 webdataset with resampling (a run of any length is defined), a shuffle buffer, decoding and open_clip's training
-transform (RandomResizedCrop 0.9-1.0, bicubic, OpenAI mean/std) in DataLoader workers, batches per rank.
+transform (RandomResizedCrop at the scale's crop_scale, bicubic, OpenAI mean/std) in DataLoader workers, batches per rank.
 The stream of step ``t`` is seeded by (seed, rank, t) when it (re)starts, so a resumed run continues with a fresh,
 seeded stream: the same distribution and samples-seen count, though not the identical batches an in-memory run
 replays (exact replay would need a pass over the shards up to the resume point).
@@ -13,6 +13,7 @@ import hashlib
 import open_clip
 import torch
 import webdataset as wds
+from open_clip.transform import AugmentationCfg
 
 from benchmark.data.readers import IMAGE_EXTS
 from benchmark.data.preprocess import OPENAI_MEAN, OPENAI_STD, tokenizer
@@ -20,9 +21,10 @@ from benchmark.data.preprocess import OPENAI_MEAN, OPENAI_STD, tokenizer
 
 class StreamingPairs:
     def __init__(self, urls: list[str], image_size: int, context_length: int, augment: bool = True,
-                 workers: int = 8, shuffle_buffer: int = 5000):
+                 workers: int = 8, shuffle_buffer: int = 5000, crop_scale: tuple[float, float] = (0.9, 1.0)):
         self.urls = urls
-        self.transform = open_clip.image_transform(image_size, is_train=augment, mean=OPENAI_MEAN, std=OPENAI_STD)
+        self.transform = open_clip.image_transform(image_size, is_train=augment, mean=OPENAI_MEAN, std=OPENAI_STD,
+                                                   aug_cfg=AugmentationCfg(scale=tuple(crop_scale)))
         self.tokenize = tokenizer(context_length)
         self.workers = workers
         self.shuffle_buffer = shuffle_buffer

@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import torch
+from open_clip.transform import AugmentationCfg
 
 from benchmark.data import embedded
 from benchmark.data.preprocess import normalize_images, tokenizer
@@ -52,13 +54,25 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 class InMemoryPairs:
-    """Image-caption pairs in memory, served as deterministic per-step batches."""
+    """Image-caption pairs in memory, served as deterministic per-step batches.
 
-    def __init__(self, images: np.ndarray, tokens: torch.Tensor, fingerprint: str, augment: bool = False):
-        self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # [N,3,H,W] uint8
+    ``images``: uint8 [N, H, W, 3] (every image at the model's size) or, with ``augment``, a list of uint8
+    [h, w, 3] arrays of any shape, from which open_clip's training RandomResizedCrop (``crop_scale``, bicubic) cuts
+    ``image_size`` x ``image_size`` at every step, seeded by (seed, step, rank).
+    """
+
+    def __init__(self, images, tokens: torch.Tensor, fingerprint: str, augment: bool = False,
+                 image_size: int | None = None, crop_scale: tuple[float, float] = (0.9, 1.0)):
+        if isinstance(images, np.ndarray):
+            self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # [N,3,H,W] uint8
+        else:
+            self.images = [torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))) for a in images]
         self.tokens = tokens
         self.fingerprint = fingerprint
         self.augment = augment
+        self.image_size = image_size or int(self.images[0].shape[-1])
+        self.crop = open_clip.image_transform(self.image_size, is_train=True, aug_cfg=AugmentationCfg(
+            scale=tuple(crop_scale))).transforms[0] if augment else None
         self._perms: dict[tuple[int, int], np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -84,11 +98,19 @@ class InMemoryPairs:
         idx = self.indices(step, batch_size, seed)
         per = batch_size // world_size
         idx = torch.from_numpy(idx[rank * per:(rank + 1) * per])
-        images = self.images[idx]
         if self.augment:
-            images = _random_resized_crop(images, np.random.default_rng([seed, step, rank]))
+            images = self._random_resized_crops([self.images[int(i)] for i in idx], (seed, step, rank))
+        else:
+            images = self.images[idx] if isinstance(self.images, torch.Tensor) \
+                else torch.stack([self.images[int(i)] for i in idx])
         return {"images": normalize_images(images, device), "texts": self.tokens[idx].to(device),
                 "indices": idx}
+
+    def _random_resized_crops(self, images: list[torch.Tensor], key: tuple[int, int, int]) -> torch.Tensor:
+        """open_clip's RandomResizedCrop of each image; its draws seeded by ``key``, the global RNG untouched."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(np.random.default_rng(list(key)).integers(2 ** 62)))
+            return torch.stack([self.crop(img) for img in images])
 
 
 def _decoded_cached(folder: Path, size: int) -> tuple[np.ndarray, list[str]]:
@@ -103,45 +125,45 @@ def _decoded_cached(folder: Path, size: int) -> tuple[np.ndarray, list[str]]:
     return images, captions
 
 
-def _random_resized_crop(images: torch.Tensor, rng: np.random.Generator, scale=(0.9, 1.0)) -> torch.Tensor:
-    """open_clip's training augmentation RandomResizedCrop(scale 0.9-1.0), seeded by (seed, step)."""
-    b, _, h, w = images.shape
-    out = torch.empty_like(images)
-    for i in range(b):
-        area = rng.uniform(*scale)
-        ch, cw = max(1, int(round(h * area ** 0.5))), max(1, int(round(w * area ** 0.5)))
-        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        crop = images[i:i + 1, :, y:y + ch, x:x + cw].float()
-        out[i] = torch.nn.functional.interpolate(crop, size=(h, w), mode="bicubic", align_corners=False) \
-            .round().clamp(0, 255).to(images.dtype)[0]
-    return out
-
-
 def load_training_data(scale: Scale, data_override: str | None = None):
-    """The scale's training pairs. Embedded data is generated (or taken from the cache) first."""
+    """The scale's training pairs. Embedded data is generated (or taken from the cache) first. A path that is
+    neither a CSV nor webdataset shards, or a file that cannot be used, is a UserError naming it."""
     spec = scale.data
     path = data_override or spec.path
     if spec.kind == "embedded" and not data_override:
         folder = embedded.ensure(scale.image_size, spec.train_size, spec.eval_size)
         images, captions = _decoded_cached(folder, scale.image_size)
         tokens = tokenize_cached(captions, scale.context_length, folder)
-        return InMemoryPairs(images, tokens, embedded.fingerprint(folder), augment=spec.augment)
-    if path.endswith(".csv"):
-        images, captions = read_pairs_from_csv(path, scale.image_size)
+        if spec.augment:
+            images = list(images)
+        return InMemoryPairs(images, tokens, embedded.fingerprint(folder), augment=spec.augment,
+                             image_size=scale.image_size, crop_scale=spec.crop_scale)
+    if Path(path).is_dir():
+        raise UserError(f"--data {path} is a folder; pass a CSV file (open_clip's format: tab-separated, columns "
+                        "filepath and title) or webdataset shards (a brace pattern of .tar files, e.g. "
+                        f"'{path.rstrip('/')}/{{00000..00009}}.tar')")
+    if path.endswith((".csv", ".tsv")):
+        images, captions = read_pairs_from_csv(path, scale.image_size, spec, for_crop=spec.augment)
     else:
         import braceexpand
         urls = [u for pattern in path.split("::") for u in braceexpand.braceexpand(pattern)]
         if not urls:
             raise UserError(f"data path {path!r} names no shards")
+        not_tar = [u for u in urls if not u.endswith(".tar")]
+        if not_tar:
+            raise UserError(f"--data {not_tar[0]} is neither a CSV (.csv, .tsv) nor a webdataset shard (.tar); pass "
+                            "a CSV of image paths and captions or a brace pattern of .tar shards")
         if spec.stream:
             from benchmark.data.stream import StreamingPairs
-            return StreamingPairs(urls, scale.image_size, scale.context_length, spec.augment, spec.workers)
-        images, captions, report = read_pairs_from_shards(urls, scale.image_size)
+            return StreamingPairs(urls, scale.image_size, scale.context_length, spec.augment, spec.workers,
+                                  crop_scale=spec.crop_scale)
+        images, captions, report = read_pairs_from_shards(urls, scale.image_size, for_crop=spec.augment)
         if report.skipped:
             print(f"warning: skipped {report.skipped} unreadable sample(s) in {path} ({report.read} read; last "
                   f"error: {report.last_error})", file=sys.stderr)
     tokens = tokenize_cached(captions, scale.context_length, None)
     digest = hashlib.sha256("\n".join(captions).encode())
-    digest.update(np.ascontiguousarray(images).data)          # every pixel: a replaced image changes it
-    fp = digest.hexdigest()[:16]
-    return InMemoryPairs(images, tokens, fp, augment=spec.augment)
+    for img in (images if isinstance(images, list) else [images]):
+        digest.update(np.ascontiguousarray(img).data)          # every pixel: a replaced image changes it
+    return InMemoryPairs(images, tokens, digest.hexdigest()[:16], augment=spec.augment,
+                         image_size=scale.image_size, crop_scale=spec.crop_scale)

@@ -38,11 +38,14 @@ def evaluate_set(encoder: Encoder, s: EvalSet) -> dict:
             "notes": {"items_per_subset": {k: n for k, (_, n) in counts.items()}}}
 
 
-def real_sets(root, scale) -> list[EvalSet]:
+DATASETS = ("sugar_crepe",)
+
+
+def real_sets(root, scale, names=DATASETS) -> list[EvalSet]:
     """SugarCrepe's seven subset files with the COCO val2017 images they name."""
     from benchmark.evaluation import real_datasets as R
 
     def read():
         images, items = R.read_sugarcrepe(root, scale.image_size, SUBSETS)
         return EvalSet("sugar_crepe", images, items, {"subsets": list(SUBSETS), "chance": 0.5})
-    return R.read_all({"sugar_crepe": read})
+    return R.read_all({"sugar_crepe": read} if "sugar_crepe" in names else {})

@@ -16,9 +16,10 @@ from benchmark.data.preprocess import normalize_images, tokenizer as make_tokeni
 
 
 class Encoder:
-    def __init__(self, model, context_length: int, device, batch_size: int = 256):
+    def __init__(self, model, context_length: int, device, batch_size: int = 256, mean=None, std=None):
         self.model = model            # anything with encode_image / encode_text (a Method, an open_clip CLIP)
         self.device = torch.device(device)
+        self.norm = {"mean": tuple(mean), "std": tuple(std)} if mean is not None and std is not None else {}
         self.batch_size = batch_size
         self._tokenize = make_tokenizer(context_length)
         self._images: dict[str, torch.Tensor] = {}
@@ -43,7 +44,7 @@ class Encoder:
             was_training = getattr(self.model, "training", False)
             self.model.eval()
             x = torch.as_tensor(images_u8).permute(0, 3, 1, 2)
-            feats = [F.normalize(self.model.encode_image(normalize_images(x[i:i + self.batch_size], self.device))
+            feats = [F.normalize(self.model.encode_image(normalize_images(x[i:i + self.batch_size], self.device, **self.norm))
                                  .float(), dim=-1).cpu() for i in range(0, len(x), self.batch_size)]
             self._images[key] = torch.cat(feats)
             self.encoded_images += len(x)
@@ -64,7 +65,7 @@ class Encoder:
             for i in range(0, len(missing), self.batch_size):
                 idx = missing[i:i + self.batch_size]
                 x = torch.as_tensor(source.load(idx)).permute(0, 3, 1, 2)
-                feats = F.normalize(self.model.encode_image(normalize_images(x, self.device)).float(), dim=-1).cpu()
+                feats = F.normalize(self.model.encode_image(normalize_images(x, self.device, **self.norm)).float(), dim=-1).cpu()
                 for j, f in zip(idx, feats):
                     self._item_rows[keys[j]] = f
             self.encoded_images += len(missing)

@@ -211,7 +211,7 @@ def evaluate_set(encoder: Encoder, s: EvalSet) -> dict:
                       "val_proportion": VAL_PROPORTION, "seed": SEED, "n_train": len(train), "n_test": len(test)}}
 
 
-def real_sets(root, scale) -> list[EvalSet]:
+def real_sets(root, scale, names=DATASETS) -> list[EvalSet]:
     """CIFAR-10, CIFAR-100 (train -> test) and ImageNet-1k (train -> val) from ``root``."""
     from benchmark.evaluation import real_datasets as R
 
@@ -219,5 +219,7 @@ def real_sets(root, scale) -> list[EvalSet]:
         tr_images, tr_labels, classes = R.read_classification(root, name, "train", scale.image_size)
         te_images, te_labels, _ = R.read_classification(root, name, "test", scale.image_size)
         items = [{"label": y, "split": "train"} for y in tr_labels] + [{"label": y, "split": "test"} for y in te_labels]
-        return EvalSet(name, R.concat(tr_images, te_images), items, {"classnames": classes, "chance": 1 / len(classes)})
-    return R.read_all({name: (lambda n=name: read(n)) for name in DATASETS})
+        # ImageNet labels are indices in the fixed 1,000-class list (a partial copy: chance over its train classes)
+        n = len(set(tr_labels)) if name == "imagenet1k" else len(classes)
+        return EvalSet(name, R.concat(tr_images, te_images), items, {"classnames": classes, "chance": 1 / n})
+    return R.read_all({name: (lambda n=name: read(n)) for name in names})

@@ -109,8 +109,16 @@ class ImageFiles(LazyImages):
         self.item_keys = [f"{p}@{size}" for p in self.paths]
 
     def _pil(self, i):
-        with Image.open(self.paths[i]) as img:
-            return img.convert("RGB")
+        try:
+            with Image.open(self.paths[i]) as img:
+                return img.convert("RGB")
+        except FileNotFoundError:
+            raise UserError(f"image {self.paths[i]} is missing (it was there when the run started); put it "
+                            "back or remove the dataset from --dataset-root") from None
+
+    def missing(self) -> list[str]:
+        """The image files that do not exist."""
+        return [p for p in dict.fromkeys(self.paths) if not os.path.isfile(p)]
 
 
 class ArrayImages(LazyImages):
@@ -133,6 +141,13 @@ def concat(a: LazyImages, b: LazyImages) -> LazyImages:
         strip = lambda keys: [k.rsplit("@", 1)[0] for k in keys]   # noqa: E731
         return ArrayImages(np.concatenate([a.array, b.array]), strip(a.item_keys) + strip(b.item_keys), a.size)
     raise TypeError(f"cannot concatenate {type(a).__name__} and {type(b).__name__}")
+
+
+def present(root, names) -> tuple[list[str], list[str]]:
+    """(present, absent) of dataset ``names`` under ``root``: a dataset is present when its folder exists."""
+    base = dataset_root(root)
+    here = [n for n in names if (base / n).is_dir()]
+    return here, [n for n in names if n not in here]
 
 
 def read_all(readers: dict) -> list:
@@ -168,8 +183,10 @@ def imagenet_wnids() -> list[str]:
 
 
 def read_imagenet(root, split: str, size: int):
-    """(ImageFiles, labels, classnames) of ``imagenet1k/<split>/<wnid>/``: labels follow the sorted WordNet ids,
-    as torchvision's ImageFolder assigns them; class names are clip_benchmark's (OpenAI's) names."""
+    """(ImageFiles, labels, classnames) of ``imagenet1k/<split>/<wnid>/``. A label is the class's index in the
+    fixed 1,000-class list of WordNet ids (clip_benchmark's ``all_imagenet_wordnet_ids``, the order torchvision's
+    ImageFolder gives a full copy), so every split and every partial copy labels a class alike; the class
+    names are clip_benchmark's (OpenAI's) 1,000 names, indexed by those labels."""
     folder = require(dataset_root(root) / "imagenet1k" / split, "imagenet1k")
     wnids = sorted(d.name for d in folder.iterdir() if d.is_dir())
     known = {w: i for i, w in enumerate(imagenet_wnids())}
@@ -181,13 +198,13 @@ def read_imagenet(root, split: str, size: int):
     names = _cb_json("en_classnames.json")["imagenet1k"]
     paths, labels = [], []
     exts = (".jpeg", ".jpg", ".png")
-    for label, w in enumerate(wnids):
+    for w in wnids:
         files = sorted(p for p in (folder / w).iterdir() if p.suffix.lower() in exts)
         paths += files
-        labels += [label] * len(files)
+        labels += [known[w]] * len(files)
     if not paths:
         raise UserError(f"imagenet1k: no images under {folder}. Expected: {LAYOUTS['imagenet1k']}")
-    return ImageFiles(paths, size), labels, [names[known[w]] for w in wnids]
+    return ImageFiles(paths, size), labels, list(names)
 
 
 class _ArraysOnly(pickle.Unpickler):

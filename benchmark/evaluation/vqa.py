@@ -209,7 +209,10 @@ def evaluate_set(encoder: Encoder, s: EvalSet, seed: int = SEED) -> dict:
                       "lr": LR, "weight_decay": WEIGHT_DECAY}}
 
 
-def real_sets(root, scale) -> list[EvalSet]:
+DATASETS = ("vqav2",)
+
+
+def real_sets(root, scale, names=DATASETS) -> list[EvalSet]:
     """VQAv2: classifier trained on the train2014 questions, scored on the val2014 questions."""
     from benchmark.evaluation import real_datasets as R
 
@@ -218,4 +221,4 @@ def real_sets(root, scale) -> list[EvalSet]:
         va_images, va_items = R.read_vqav2(root, "val2014", scale.image_size)
         items = [{**it, "split": "train"} for it in tr_items] + [{**it, "split": "test"} for it in va_items]
         return EvalSet("vqav2", R.concat(tr_images, va_images), items, {})
-    return R.read_all({"vqav2": read})
+    return R.read_all({"vqav2": read} if "vqav2" in names else {})

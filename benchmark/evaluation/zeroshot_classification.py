@@ -19,19 +19,26 @@ def evaluate_set(encoder: Encoder, s: EvalSet) -> dict:
     metrics = cb.evaluate(encoder.feature_model(), loader(FeatureDataset(feats, targets, classnames)),
                           encoder.tokenizer, classnames, templates, device="cpu", amp=False)
     return {"dataset": s.name, "metrics": metrics, "main_metric": MAIN_METRIC,
-            "chance": s.meta.get("chance"), "notes": {k: v for k, v in s.meta.items() if k == "colour_only"}}
+            "chance": s.meta.get("chance"), "notes": {k: v for k, v in s.meta.items() if k in ("colour_only", "classes", "missing_datasets")}}
 
 
 DATASETS = ("imagenet1k", "cifar10", "cifar100")    # paper scales: ImageNet-1k val, CIFAR test splits
 
 
-def real_sets(root, scale) -> list[EvalSet]:
+def real_sets(root, scale, names=DATASETS) -> list[EvalSet]:
     """ImageNet-1k (val), CIFAR-10 and CIFAR-100 (test) from ``root``, with clip_benchmark's class names and
     English templates (ImageNet: OpenAI's 80)."""
     from benchmark.evaluation import real_datasets as R
 
     def read(name):
         images, labels, classes = R.read_classification(root, name, "test", scale.image_size)
+        meta = {}
+        if name == "imagenet1k" and len(set(labels)) < len(classes):
+            # a partial copy: the classifier is over the classes present (fixed WordNet-id order, re-indexed)
+            kept = sorted(set(labels))
+            at = {c: i for i, c in enumerate(kept)}
+            labels, classes = [at[y] for y in labels], [classes[c] for c in kept]
+            meta["classes"] = f"{len(kept)} of 1000 (partial copy)"
         return EvalSet(name, images, [{"label": y} for y in labels],
-                       {"classnames": classes, "templates": R.templates(name), "chance": 1 / len(classes)})
-    return R.read_all({name: (lambda n=name: read(n)) for name in DATASETS})
+                       {"classnames": classes, "templates": R.templates(name), "chance": 1 / len(classes), **meta})
+    return R.read_all({name: (lambda n=name: read(n)) for name in names})

@@ -25,7 +25,7 @@ def evaluate_set(encoder: Encoder, s: EvalSet) -> dict:
 DATASETS = ("mscoco_captions", "flickr30k")         # paper scales: the Karpathy test splits (5k and 1k images)
 
 
-def real_sets(root, scale) -> list[EvalSet]:
+def real_sets(root, scale, names=DATASETS) -> list[EvalSet]:
     """MSCOCO captions (Karpathy 5k test) and Flickr30k (Karpathy 1k test) from ``root``."""
     from benchmark.evaluation import real_datasets as R
 
@@ -33,4 +33,4 @@ def real_sets(root, scale) -> list[EvalSet]:
         images, captions = (R.read_coco_captions(root, scale.image_size) if name == "mscoco_captions"
                             else R.read_flickr(root, scale.image_size))
         return EvalSet(name, images, [{"captions": c} for c in captions], {"chance": 1 / len(captions)})
-    return R.read_all({name: (lambda n=name: read(n)) for name in DATASETS})
+    return R.read_all({name: (lambda n=name: read(n)) for name in names})

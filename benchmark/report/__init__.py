@@ -39,7 +39,8 @@ def write_reports(results: Path, scale: str, reports: Path, methods: Path | None
     _write(out / "summary.tex", tables.to_latex(res, summary))
     _write(out / "summary.csv", tables.to_csv(summary))
 
-    papers = [paper_tables.build_paper(res, m, Path(methods or _methods_dir())) for m in res.methods]
+    papers = [paper_tables.build_paper(res, m, Path(methods or _methods_dir())) for m in res.methods
+              if m not in res.external]
     for rep in papers:
         _write(out / f"paper_{rep.method}.md", paper_tables.to_markdown(res, rep))
         if rep.error:

@@ -33,6 +33,7 @@ class Results:
     tasks: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
+    external: list[str] = field(default_factory=list)   # rows of checkpoints maskbench did not train
 
     @property
     def main(self) -> pd.DataFrame:
@@ -41,8 +42,8 @@ class Results:
 
 
 def method_order(names) -> list[str]:
-    """The CLIP baseline first, then the others by name."""
-    names = sorted(set(names))
+    """The CLIP baseline first, then the others by name, external checkpoints last."""
+    names = sorted(set(names), key=lambda n: (n.endswith(" (external)"), n))
     return (["clip"] if "clip" in names else []) + [n for n in names if n != "clip"]
 
 
@@ -119,6 +120,7 @@ def load(results: Path, scale: str) -> Results:
                         f"`python -m benchmark run --scale {scale}`, or pass the folder with --results DIR")
     csv = root / "results.csv"
     rows = pd.read_csv(csv) if csv.exists() and csv.stat().st_size else pd.DataFrame(columns=CSV_COLUMNS)
+    rows["external"] = rows["external"].astype(str).str.lower().eq("true") if "external" in rows else False
     missing = set(CSV_COLUMNS) - set(rows.columns)
     if missing:
         raise UserError(f"{csv} lacks column(s) {sorted(missing)}; it was written by another version: "
@@ -129,9 +131,13 @@ def load(results: Path, scale: str) -> Results:
     run_rows, issues, history = [], [], []
     task_errors: dict[tuple[str, int, str], str] = {}
     folders = sorted(p for p in root.glob("*/seed*") if p.is_dir() and p.name[4:].isdigit())
+    external = sorted(set(rows.loc[rows["external"], "method"]))
     for run in folders:
         method, seed = run.parent.name, int(run.name[4:])
         status, detail, metrics = _run_state(run)
+        if metrics.get("external") and method not in external:
+            external.append(method)
+        method = external_label(method) if method in external else method
         comp = metrics.get("compute", {})
         cfg = _read_json(run / "config.json") if (run / "config.json").exists() else {}
         run_rows.append({"method": method, "seed": seed, "status": status, "detail": detail,
@@ -156,6 +162,8 @@ def load(results: Path, scale: str) -> Results:
         raise UserError(f"{root} holds no runs; train first with `python -m benchmark run --scale {scale}`, "
                         "or pass the folder with --results DIR")
     runs = pd.DataFrame(run_rows, columns=RUN_COLUMNS)
+    # an external checkpoint (`eval --checkpoint`) is its own row, marked as such in every table and plot
+    rows["method"] = [external_label(m) if m in external else m for m in rows["method"]]
     tasks = list(dict.fromkeys(_expected_tasks(scale) + sorted(set(rows["task"])) +
                                sorted({t for _, _, t in task_errors})))
     done = runs[runs["status"] == "done"]
@@ -191,7 +199,11 @@ def load(results: Path, scale: str) -> Results:
     hist = pd.concat([hist, final], ignore_index=True) if not final.empty else hist
     issues_df = pd.DataFrame(issues, columns=ISSUE_COLUMNS)
     return Results(scale=scale, root=root, rows=rows, runs=runs, issues=issues_df, history=hist,
-                   tasks=tasks, methods=methods, seeds=seeds)
+                   tasks=tasks, methods=methods, seeds=seeds, external=[external_label(m) for m in external])
+
+
+def external_label(name: str) -> str:
+    return f"{name} (external)"
 
 
 def _final_points(rows: pd.DataFrame, done: pd.DataFrame, hist: pd.DataFrame) -> pd.DataFrame:
