@@ -1,4 +1,4 @@
-"""Shared building blocks that several methods use (DESIGN §2): written once here, imported by methods.
+"""Shared building blocks that several methods use (docs/design.md, "Methods"): written once here, imported by methods.
 
 - ``random_keep_indices``: a uniform random subset of patch positions per image (FLIP, UTA, MaskCLIP).
 - ``vit_tokens``: an open_clip ViT forward on the visible patches only, returning every output token.

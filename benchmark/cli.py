@@ -158,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--reports", default="reports", help="where the report is written (REPORTS/SCALE/)")
     st = _sub(sub, "status", "state, progress (step, loss, images/s, ETA) and last checkpoint of every run")
     _common(st, methods=False)
+    chk = _sub(sub, "check", "validate method folders (method.py, config.yaml, paper.yaml, README.md); no training",
+               "Validate method folders without training: the class, config.yaml at every scale (types and "
+               "ranges),\npaper.yaml against its schema (docs/adding-a-method.md). Exit 2 listing every problem.")
+    chk.add_argument("names", nargs="*", metavar="METHOD",
+                     help="method folders to check, separated by commas or spaces (default: all)")
     perf = _sub(sub, "perf", "measure the harness against open_clip and clip_benchmark")
     perf.add_argument("--out", default="reports/perf", help="folder for perf.json and perf.md")
     perf.add_argument("--measures", default="all",
@@ -392,6 +397,11 @@ def cmd_status(args) -> int:
     return status.main(Path(args.results), scale_name(args.scale))
 
 
+def cmd_check(args) -> int:
+    from benchmark import check
+    return check.main(split_list(args.names))
+
+
 def cmd_perf(args) -> int:
     from benchmark import perf
     return perf.main(args)
@@ -401,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"list": cmd_list, "run": cmd_run, "eval": cmd_eval, "report": cmd_report,
-                "status": cmd_status, "perf": cmd_perf}[args.command](args)
+                "status": cmd_status, "check": cmd_check, "perf": cmd_perf}[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

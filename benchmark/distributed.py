@@ -1,4 +1,4 @@
-"""Multi-GPU and multi-node training (DESIGN §7): one process per GPU, torch.distributed, DDP.
+"""Multi-GPU and multi-node training (docs/design.md, "Launching"): one process per GPU, torch.distributed, DDP.
 
 A run with one process never touches torch.distributed, so the single-process path is exactly the plain one.
 With several processes (a Slurm job with several tasks, or ``torch.multiprocessing`` in tests) every rank builds

@@ -1,8 +1,9 @@
-"""Compute accounting: FLOPs of one real training step, counted, never declared (DESIGN §4).
+"""Compute accounting: FLOPs of one real training step, counted, never declared (docs/design.md, "Matched compute").
 
 The step (forward, every loss, backward) runs once under ``torch.utils.flop_counter.FlopCounterMode`` on a copy
 of the method, so the run itself is untouched. Attention is counted by forcing the SDPA math backend: the
-fused CPU kernel has no FLOP formula and would silently be left out (shared/notes/stack.md §4).
+fused CPU kernel (``aten._scaled_dot_product_flash_attention_for_cpu``) has no FLOP formula in
+``torch.utils.flop_counter`` and would silently be left out.
 """
 from __future__ import annotations
 

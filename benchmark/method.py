@@ -1,4 +1,4 @@
-"""The method contract (DESIGN §3).
+"""The method contract (docs/design.md, "Methods"; a walkthrough in docs/adding-a-method.md).
 
 A method folder ``methods/<name>/method.py`` holds one subclass of ``Method``. The harness builds it from the
 scale's open_clip CLIP model and the method's config, and owns everything else (data, optimizer, schedule,
@@ -70,7 +70,7 @@ class Method(nn.Module):
 
     @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
-        self.clip.logit_scale.clamp_(0, math.log(100))   # clip_flip.md §1.2
+        self.clip.logit_scale.clamp_(0, math.log(100))   # open_clip_train/train.py: clamp(0, ln 100)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.clip.encode_image(images), dim=-1)

@@ -1,4 +1,4 @@
-"""Results layout (DESIGN §6; issue #2 item 11)::
+"""Results layout (docs/design.md, "Results")::
 
     results/<scale>/<method>/seed<k>/
         config.json     what the run is (method config, scale, match, data fingerprint, code version)

@@ -1,4 +1,4 @@
-"""Scales: everything that must be identical across methods (DESIGN §4).
+"""Scales: everything that must be identical across methods (docs/design.md, "Matched compute").
 
 A scale fixes the model, image size, global batch, optimizer, schedule, compute budget, training data and
 evaluation suite. Methods may not change any of it. The compute budget is stated as the samples a plain
@@ -16,7 +16,7 @@ from benchmark.errors import UserError
 class Optim:
     lr: float
     weight_decay: float
-    betas: tuple[float, float] = (0.9, 0.98)   # open_clip ViT defaults (clip_flip.md §1.4)
+    betas: tuple[float, float] = (0.9, 0.98)   # open_clip ViT defaults (open_clip_train/params.py)
     eps: float = 1e-6
     warmup_samples: int = 0                    # linear warmup, then cosine to 0
     # Global-norm gradient clipping; None = off, as in every official recipe (open_clip_train's
@@ -125,7 +125,7 @@ VIT_B16 = dict(
 EMBEDDED_SUITE = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe", "compositionality", "vqa")
 PAPER_SUITE = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe", "compositionality", "vqa")
 
-# The small-scale recipe shared by CLIP, FLIP and cluster masking (cluster_masking.md §6 / clip_flip.md §4):
+# The small-scale recipe shared by CLIP, FLIP and cluster masking (the cluster-masking README's training command; FLIP App. A, Table 10):
 # global batch 2048, lr 5e-4, warmup 2000 steps, AdamW (0.9, 0.98, 1e-6), wd 0.2.
 _PAPER_OPTIM = Optim(lr=5e-4, weight_decay=0.2, warmup_samples=2000 * 2048)
 _GPU8 = Resources(gpus_per_node=8, nodes=1, cpus_per_task=8, mem_gb=64, time_min=24 * 60)
@@ -146,8 +146,7 @@ SCALES: dict[str, Scale] = {
         ),
         Scale(
             name="pocket",
-            # 32 px, patch 4 (an 8x8 grid of 64 tokens, so masking has room to act), width 64 x 2 layers;
-            # measured configs in shared/notes/pocket.md.
+            # 32 px, patch 4 (an 8x8 grid of 64 tokens, so masking has room to act), width 64 x 2 layers.
             model=_tiny_model(32, 4, 64, 2, 64, 2, 64, 20),
             batch_size=128,
             samples=128 * 600,
@@ -162,7 +161,7 @@ SCALES: dict[str, Scale] = {
             name="cc3m-b16",
             model=VIT_B16,
             batch_size=2048,
-            samples=40 * 2_900_000,          # SLIP's CC3M ViT-B/16 CLIP: 40 epochs (anchors.md §6.2)
+            samples=40 * 2_900_000,          # SLIP's CC3M ViT-B/16 CLIP: 40 epochs (SLIP's README)
             optim=dataclasses.replace(_PAPER_OPTIM, lr=5e-4, weight_decay=0.5),
             data=Data(kind="webdataset", path="/datasets/cc3m/{00000..00331}.tar", dataset_root="/datasets",
                       augment=True, stream=True),

@@ -1,4 +1,4 @@
-"""Sweeps on a Slurm cluster through submitit (DESIGN §7): ``run --cluster slurm`` submits and returns.
+"""Sweeps on a Slurm cluster through submitit (docs/design.md, "Launching"): ``run --cluster slurm`` submits and returns.
 
 - Resources come from the scale (``Scale.resources``) overridden by a profile YAML in ``slurm/`` (``Profile``);
   every value that reaches sbatch is validated here.

@@ -9,7 +9,7 @@
 # submitit needs to see a job that died; fake GPUs through gres). Idempotent: `up` installs only what is missing,
 # rewrites a config only when its content changed (and then restarts slurmctld/slurmd), starts only daemons that
 # are not running, and records each daemon it started in $SLURM_RUN_DIR/started; `down` stops exactly those, by pid
-# file, after checking the process name -- never by name alone. Measured facts: shared/notes/slurm.md.
+# file, after checking the process name -- never by name alone.
 #
 # Knobs (environment):
 #   SLURM_ACCOUNTING=1    0: no mariadb/slurmdbd (sacct fails; submitit cannot see jobs that died)

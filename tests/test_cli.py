@@ -104,7 +104,7 @@ def test_help_has_a_line_with_the_default_for_every_flag():
     from benchmark.cli import build_parser
     parser = build_parser()
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subs.choices) == {"list", "run", "eval", "report", "status", "perf"}
+    assert set(subs.choices) == {"list", "run", "eval", "report", "status", "check", "perf"}
     for name, sub in subs.choices.items():
         text = sub.format_help()
         assert "§" not in text and "DESIGN" not in text, name

@@ -117,7 +117,7 @@ def test_bisection_reaches_the_target_on_the_first_batch_and_tau_stays_fixed(sca
 
 
 def test_code_mode_reproduces_the_official_fixed_threshold_selection(smoke_batch):
-    """Against an independent transcription of the official forward (cluster_masking.md §2, quirks 2 and 4):
+    """Against an independent transcription of the official forward (methods/cluster_masking/README.md, "Official-code quirks" 2 and 4):
     full similarity matrix, tau = 0.5, keys 0 / exp(U) and a stable sort (CUDA's tie order)."""
     method = build("smoke", mode="code")
     assert float(method.threshold) == 0.5

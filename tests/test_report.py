@@ -1,4 +1,4 @@
-"""Reports (DESIGN §8, issue 7): after a smoke run of clip and flip with two seeds, every output exists and its
+"""Reports (docs/design.md, "Reports"): after a smoke run of clip and flip with two seeds, every output exists and its
 numbers are the ones in results.csv (recomputed here with pandas); paper tables follow paper.yaml; the page
 renders in headless Chromium with every image loaded. Incomplete results are built by hand (a failed run, a run
 still going, a task error, a multi-dataset task) and must appear as such."""

@@ -1,8 +1,9 @@
 """A procedural world of coloured shapes: scenes, their captions, and their rendering.
 
 Everything is a pure function of a numpy Generator, so (seed, set, index) fixes an item byte for byte.
-Colour is learned almost at once on such data (shared/notes/pocket.md); the tasks built on it therefore
-ask about shape, size, count, spatial relation and which colour goes with which shape (attribute binding).
+Colour is learned almost at once on such data (docs/evaluation.md: the chance and colour-only levels); the tasks
+built on it therefore ask about shape, size, count, spatial relation and which colour goes with which shape
+(attribute binding).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Real evaluation datasets read from disk, never downloaded (DESIGN §5), in clip_benchmark's on-disk layouts.
+"""Real evaluation datasets read from disk, never downloaded (docs/evaluation.md), in clip_benchmark's on-disk layouts.
 
 Every reader takes the dataset root (``scale.data.dataset_root`` or ``--dataset-root``) and returns images as a
 lazy source (decoded in the encoder's batches, cached per file, so a large set is never held in memory) plus

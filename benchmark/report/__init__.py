@@ -1,4 +1,4 @@
-"""Reports (DESIGN §8): ``results/<scale>/`` -> ``reports/<scale>/``.
+"""Reports (docs/design.md, "Reports"): ``results/<scale>/`` -> ``reports/<scale>/``.
 
     summary.md / summary.tex / summary.csv   methods x tasks, mean ± std over seeds, compute columns
     paper_<method>.md                        each paper's tables in its own layout, ours beside

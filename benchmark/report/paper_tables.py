@@ -25,6 +25,15 @@ from benchmark.report.tables import issue_text
 
 PAPER_KEYS = ("title", "authors", "venue", "url", "code")
 TABLE_KEYS = ("id", "title", "source", "status", "setting", "columns", "rows")
+# Where a table's published numbers come from (docs/adding-a-method.md, "paper.yaml").
+STATUS_TAGS = {
+    "C-paper": "read in the paper's own text or tables",
+    "C-page": "read on the official project page or in the authors' README tables",
+    "C-code": "read in the official code or its configs",
+    "C": "read in a primary source other than the full paper (abstract, the authors' repository)",
+    "C3": "a third party's verbatim copy of the paper's numbers (another paper's or repository's table)",
+    "S": "a secondary summary (aggregator pages, write-ups): plausible, not authoritative",
+}
 
 
 @dataclass
@@ -48,7 +57,7 @@ class PaperReport:
 # ---- paper.yaml -------------------------------------------------------------------------------------------
 
 def load_paper(path: Path) -> dict:
-    """Read and check a paper.yaml (schema in the method-folder guide); a bad file is named with the fix."""
+    """Read and check a paper.yaml (schema: docs/adding-a-method.md); a bad file is named with the fix."""
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except OSError as e:
@@ -57,7 +66,8 @@ def load_paper(path: Path) -> dict:
         raise UserError(f"{path} is not valid YAML: {e}") from None
 
     def bad(where: str, what: str):
-        raise UserError(f"{path}: {where} {what}; see methods/flip/paper.yaml for the schema")
+        raise UserError(f"{path}: {where} {what}; the schema is in docs/adding-a-method.md (\"paper.yaml\"), "
+                        "an example in methods/flip/paper.yaml")
 
     if not isinstance(raw, dict) or not isinstance(raw.get("paper"), dict):
         bad("top level", "must be a mapping with 'paper' and 'tables'")
@@ -75,6 +85,8 @@ def load_paper(path: Path) -> dict:
         for key in TABLE_KEYS:
             if key not in t:
                 bad(where, f"lacks '{key}'")
+        if t["status"] not in STATUS_TAGS:
+            bad(f"{where}.status", f"is {t['status']!r}; use one of {', '.join(STATUS_TAGS)}")
         if t["id"] in ids:
             bad(f"{where}.id", f"{t['id']!r} is used twice")
         ids.add(t["id"])

@@ -1,6 +1,6 @@
 """CLIP (Radford et al., ICML 2021) as open_clip trains it: the baseline every method is compared with.
 
-Per step (clip_flip.md §2.1): one full-image vision pass, one text pass, the symmetric InfoNCE loss with a
+Per step (as open_clip_train/train.py trains it): one full-image vision pass, one text pass, the symmetric InfoNCE loss with a
 learnable temperature (open_clip ``ClipLoss``, local loss with gathered features); the logit scale is clamped
 to ln 100 after every optimizer step (the base class does it).
 """

@@ -1,6 +1,6 @@
 """Efficient Vision-Language Pre-training by Cluster Masking (Wei, Pan, Owens; CVPR 2024, arXiv 2405.08815).
 
-Project page, method (specs/cluster_masking.md §1-§3): per image, the patches are normalised to zero mean and unit
+Project page, method (README.md, "The step"): per image, the patches are normalised to zero mean and unit
 variance ("pixel norm") and compared by cosine similarity; a few random anchor patches (3 %) are drawn, and every
 patch whose similarity to an anchor exceeds a threshold tau is masked, so whole clusters of similar patches
 disappear together. Masked patches are dropped before the encoder as in FLIP; the loss is plain CLIP. The batch
@@ -28,7 +28,7 @@ from benchmark.method import Method
 MODES = ("paper", "code")
 
 
-# ---- §2 steps 1-2: patch features whose dot products are the cosine similarities ----------------------------
+# ---- steps 1-2 (README.md, "The step"): patch features whose dot products are the cosine similarities ----------------------------
 def patch_features(images: torch.Tensor, patch: int, pixel_norm: bool = True) -> torch.Tensor:
     """[B, N, p*p*3] unit vectors whose dot products are the official similarities: the (CLIP-normalised) pixels
     of each patch, normalised per patch to zero mean and unit variance, compared by cosine (= the Pearson
@@ -42,7 +42,7 @@ def patch_features(images: torch.Tensor, patch: int, pixel_norm: bool = True) ->
     return F.normalize(p, dim=-1)
 
 
-# ---- §2 step 3: anchors ---------------------------------------------------------------------------------------
+# ---- step 3: anchors ---------------------------------------------------------------------------------------
 def n_anchors(n_patches: int, anchor_ratio: float) -> int:
     """The official count: the last L - int(L (1 - p)) of a random permutation (6 of 196 at p = 0.03), at least 1."""
     return max(1, n_patches - int(n_patches * (1 - anchor_ratio)))
@@ -60,7 +60,7 @@ def anchor_similarity(features: torch.Tensor, anchors: torch.Tensor) -> torch.Te
     return rows @ features.transpose(1, 2)
 
 
-# ---- §2 steps 4-5: cluster mask and batch-uniform kept length ---------------------------------------------------
+# ---- steps 4-5: cluster mask and batch-uniform kept length ---------------------------------------------------
 def cluster_mask(similarity: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
     """[B, N] True where a patch is above ``threshold`` for any anchor (anchors included: self-similarity 1)."""
     return (similarity > threshold).any(dim=1)
@@ -93,7 +93,7 @@ def nominal_ratio(clustered: torch.Tensor, n_keep: int) -> torch.Tensor:
     return clustered.sum(1).clamp(min=n - n_keep).float() / n
 
 
-# ---- §2 "Threshold": bisection on one batch ------------------------------------------------------------------------
+# ---- the threshold ("paper" mode): bisection on one batch ------------------------------------------------------------------------
 def bisect_threshold(similarity: torch.Tensor, target: float, min_drop_ratio: float, tolerance: float = 1e-3,
                      max_iter: int = 60) -> float:
     """tau such that the batch's mean nominal ratio is within ``tolerance`` of ``target`` (the official search:
@@ -151,7 +151,7 @@ class ClusterMasking(Method):
 
     @torch.no_grad()
     def select(self, images: torch.Tensor, embeddings: torch.Tensor | None, progress: float) -> Selection:
-        """Which patches the encoder sees (§2-§3): no gradient, vectorised over the batch."""
+        """Which patches the encoder sees (README.md, "The step"): no gradient, vectorised over the batch."""
         cfg = self.cfg
         feats = patch_features(images, self.patch_size, cfg["pixel_norm"])
         anchors = draw_anchors(images.shape[0], feats.shape[1], cfg["anchor_ratio"], images.device)
@@ -175,7 +175,7 @@ class ClusterMasking(Method):
         sel = self.select(images, tokens, progress)
         image = pool_project(self.visual, vit_tokens(self.visual, images, sel.keep, patch_tokens=tokens))
         text = self.clip.encode_text(batch["texts"])
-        loss = self.contrastive(image, text)                   # unchanged ClipLoss (§1)
+        loss = self.contrastive(image, text)                   # unchanged ClipLoss (project page, method)
         self.record(mask_ratio=1.0 - sel.keep.shape[1] / self.n_patches,      # tokens really dropped
                     nominal_mask_ratio=float(sel.nominal.mean()),             # what the bisection targets
                     cluster_ratio=float(sel.clustered.float().mean()),

@@ -2,9 +2,9 @@
 
 §3 of the paper: drop a random subset of image patches (50 % by default) before the encoder and apply the ViT
 to the visible patches only, as MAE does; the loss is CLIP's, with no reconstruction. CLS is always kept and
-the drop happens after the positional embedding (open_clip's PatchDropout order, clip_flip.md §1.3), but the
+the drop happens after the positional embedding (open_clip's PatchDropout order, open_clip/transformer.py), but the
 kept indices come from ``random_keep_indices`` so the seed fixes them and the realised ratio is logged.
-Inference always sees the full image. Optional unmasked tuning (§3, Table 1e): the last
+Inference always sees the full image. Optional unmasked tuning (FLIP §3, Table 1e): the last
 ``unmasked_tune_fraction`` of the steps train with mask 0.
 """
 from benchmark.blocks import pool_project, random_keep_indices, vit_tokens

@@ -2,7 +2,7 @@
 (Dong, Bao, Zheng, Zhang, Chen, Yang, Zeng, Zhang, Yuan, Chen, Wen, Yu; CVPR 2023, arXiv 2208.12262).
 
 No code was released, so every choice beyond the abstract is ours and a config switch (tags in config.yaml and
-README.md; spec: shared/specs/maskclip_dong.md). One training step (spec §4, §5.1):
+README.md). One training step:
 
 1. CLIP loss: the student image encoder on the full image, the text encoder on the caption.      [C: abstract]
 2. Masked self-distillation (image): the student encodes only the visible 25 % of the patches (masked tokens
@@ -87,7 +87,7 @@ class MaskCLIPDong(Method):
         embed_dim = self.visual.output_dim
         # Mean teacher: a copy of the student image encoder (incl. ln_post, proj), no gradient, EMA-updated.
         self.teacher = frozen_copy(self.visual)
-        # Decoder on visible tokens + mask tokens (BootMAE-style feature decoder, spec §5). Output width by target.
+        # Decoder on visible tokens + mask tokens (BootMAE-style feature decoder). Output width by target.
         out_dim = {"T1": width, "T2": embed_dim, "T3": width}[c["target"]]
         self.decoder = MaskedTokenDecoder(width, c["decoder_width"], c["decoder_layers"], c["decoder_heads"],
                                           self.n_patches, out_dim)
@@ -117,7 +117,7 @@ class MaskCLIPDong(Method):
 
     # ---- schedules ------------------------------------------------------------------------------------------
     def momentum(self, progress: float) -> float:
-        """EMA momentum (spec §6): constant 0.999 by default; BootMAE's linear ramp; DINO/iBOT cosine."""
+        """EMA momentum (README.md): constant 0.999 by default; BootMAE's linear ramp; DINO/iBOT cosine."""
         c = self.cfg
         m0, m1 = c["ema_momentum"], c["ema_momentum_end"]
         if c["ema_schedule"] == "constant":
@@ -140,7 +140,7 @@ class MaskCLIPDong(Method):
 
     # ---- 2. masked self-distillation (image) ----------------------------------------------------------------
     def image_keep_indices(self, batch: int, device) -> torch.Tensor:
-        """Visible patch positions [B, K] (sorted); the rest are masked. Uniform random by default (spec §6);
+        """Visible patch positions [B, K] (sorted); the rest are masked. Uniform random by default;
         ``block``: the masked set is BEiT's block-wise selection (BootMAE's masking), exactly N - K patches."""
         if self.cfg["mask_type"] == "block":
             n_mask = self.n_patches - max(1, int(self.n_patches * (1.0 - self.cfg["mask_ratio"])))
@@ -156,7 +156,7 @@ class MaskCLIPDong(Method):
 
     @torch.no_grad()
     def teacher_targets(self, images: torch.Tensor) -> torch.Tensor:
-        """Teacher features of the full image [B, N, d] (spec §5 target options)."""
+        """Teacher features of the full image [B, N, d] (README.md, target options)."""
         h = vit_tokens(self.teacher, images)                            # [B, 1+N, D], before ln_post
         if self.cfg["target"] == "T1":                                  # last-block tokens (BootMAE)
             return h[:, 1:]

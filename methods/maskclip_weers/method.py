@@ -3,12 +3,12 @@ Gunter, "Masked Autoencoding Does Not Help Natural Language Supervision at Scale
 
 CLIP plus MAE-style masked patch prediction in one multi-task step, with the masking guided by per-patch
 image-text similarity (thesis abstract [C]). Neither work released code; everything beyond the abstracts is our
-default and a config switch (tags in config.yaml and README.md; spec: shared/specs/maskclip_weers.md §3).
+default and a config switch (tags in config.yaml and README.md).
 
-One step (spec §3.4, default wiring "two_pass", MAE-CLIP-2P):
+One step (default wiring "two_pass", MAE-CLIP-2P):
 1. Pass A: the student ViT on the full image -> CLS -> ln_post -> proj; the text tower; CLIP loss.
 2. Masking: per-patch cosine between pass A's patch tokens in the joint space and the caption embedding
-   (no gradient); mask the most text-relevant patches, keep them, or sample the masked set by softmax (§3.3).
+   (no gradient); mask the most text-relevant patches, keep them, or sample the masked set by softmax.
 3. Pass B: the same ViT on the visible 25 % of the patches only; an MAE decoder with mask tokens predicts the
    normalised pixels of every patch; the loss is taken on the masked patches only (MAE, norm_pix_loss).
 4. L = L_clip + λ_mae·L_mae.
@@ -30,7 +30,7 @@ WIRINGS = ("two_pass", "one_pass")
 
 
 def patch_text_similarity(visual, tokens: torch.Tensor, text_embedding: torch.Tensor) -> torch.Tensor:
-    """Cosine [B, N] between each patch token in the joint space (ln_post -> proj, spec §10.2) and the caption."""
+    """Cosine [B, N] between each patch token in the joint space (ln_post -> proj) and the caption."""
     patches = visual.ln_post(tokens[:, 1:])
     if visual.proj is not None:
         patches = patches @ visual.proj
@@ -39,7 +39,7 @@ def patch_text_similarity(visual, tokens: torch.Tensor, text_embedding: torch.Te
 
 def keep_from_similarity(scores: torch.Tensor, n_keep: int, rule: str, temperature: float = 0.1,
                          random_fraction: float = 0.0) -> torch.Tensor:
-    """Visible positions [B, n_keep] (sorted) chosen from patch-text similarity ``scores`` [B, N] (spec §3.3).
+    """Visible positions [B, n_keep] (sorted) chosen from patch-text similarity ``scores`` [B, N].
 
     - ``mask_relevant``: the N - n_keep most similar patches are masked (a harder task on the semantic regions);
     - ``keep_relevant``: the n_keep most similar patches are kept;

@@ -1,12 +1,12 @@
 """UTA: Enhancing Vision-Language Model with Unmasked Token Alignment (Liu, Zheng, Liu, Liu, Li; TMLR 2024).
 
-Abstract and pipeline figure (specs/uta.md §1): a student ViT receives only the unmasked patches (no [MASK]
+Abstract and pipeline figure: a student ViT receives only the unmasked patches (no [MASK]
 tokens) and each of its output tokens, CLS included, is aligned with the frozen CLIP teacher's token at the same
 position; the teacher sees the full image. The teacher's tokens live in the CLIP joint space, so the student is
 aligned with the teacher's frozen text tower for free: evaluation pairs the student's image tower with the
 teacher's text tower. No training code was released, so the loss (1 - cosine), the targets (teacher tokens after
 ``ln_post`` and ``proj``), the mask ratio and pattern are our choices, each a config switch (README, fidelity
-table). Optional stage 2 (§6): contrastive fine-tuning of the student against the frozen text tower.
+table). Optional stage 2: contrastive fine-tuning of the student against the frozen text tower.
 
 The teacher is a finished run of this benchmark (``teacher_run``, by default the ``clip`` run of the same scale
 and seed, declared through ``requires`` so the harness trains it first) or an open_clip checkpoint file
@@ -113,14 +113,14 @@ class UTA(Method):
 
     @torch.no_grad()
     def teacher_targets(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher on the full image (§3): its CLIP image embedding [B, E] (the CLS target) and one target per
+        """Teacher on the full image: its CLIP image embedding [B, E] (the CLS target) and one target per
         patch [B, N, E] after ``ln_post`` + ``proj`` (``features``: [B, N, D] after ``ln_post`` only)."""
         tokens = vit_tokens(self.teacher, images)
         projected = project_tokens(self.teacher, tokens)
         patches = projected[:, 1:] if self.cfg["target"] == "projected" else self.teacher.ln_post(tokens[:, 1:])
         return projected[:, 0], patches
 
-    # ---- masking (§4) ----------------------------------------------------------------------------------------
+    # ---- masking ----------------------------------------------------------------------------------------------
     def keep_sets(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The kept patch positions of each student pass: one pass, or two complementary ones."""
         b, n, ratio = images.shape[0], self.n_patches, self.cfg["mask_ratio"]
@@ -157,7 +157,7 @@ class UTA(Method):
             cls_loss = 1 - F.cosine_similarity(cls.float(), cls_target.float(), dim=-1)                  # [B]
             target = torch.gather(patch_target, 1, keep[..., None].expand(-1, -1, patch_target.shape[-1]))
             patch_loss = 1 - F.cosine_similarity(patches.float(), target.float(), dim=-1)                # [B, K]
-            # negative cosine over every kept token and CLS, equal weights (EVA-02's MIM loss form, §5)
+            # negative cosine over every kept token and CLS, equal weights (EVA-02's MIM loss form)
             total.append(torch.cat([cls_loss[:, None], patch_loss], dim=1).mean())
             cls_terms.append(cls_loss.mean())
         loss = torch.stack(total).mean()
@@ -167,7 +167,7 @@ class UTA(Method):
         return {"loss": loss, "align": loss.detach(), "align_cls": cls_term}
 
     def contrastive_step(self, batch):
-        """Stage 2 (§6): ClipLoss between the student's image embedding and the frozen text tower."""
+        """Stage 2: ClipLoss between the student's image embedding and the frozen text tower."""
         images, ratio = batch["images"], self.cfg["finetune_mask_ratio"]
         keep = random_keep_indices(images.shape[0], self.n_patches, ratio, images.device) if ratio > 0 else None
         image = pool_project(self.visual, vit_tokens(self.visual, images, keep))
@@ -180,7 +180,7 @@ class UTA(Method):
 
     # ---- compute disclosure -----------------------------------------------------------------------------------
     def extra_compute(self) -> dict:
-        """The teacher's own pretraining, reported beside UTA's training FLOPs (not from scratch, §1)."""
+        """The teacher's own pretraining, reported beside UTA's training FLOPs (not from scratch: abstract)."""
         out = {**self.teacher_source, "teacher_pretraining_flops": None, "teacher_pretraining_samples": None}
         if self.teacher_metrics is not None:
             c = self.teacher_metrics.get("compute", {})
