@@ -3,8 +3,9 @@
 One tracker run per (method, seed), written inside the run folder: ``<run>/tensorboard/`` (event files) and
 ``<run>/wandb/``. Logged at the training log's rows (``train.jsonl``): the losses (``train/<name>``), learning rate,
 gradient norm, images/s, samples seen, the method's statistics (``stats/<name>``: the realised mask ratio and
-the like); the periodic evaluations (``eval/<metric>``); after training, the main metric of every final evaluation
-(``final/<task>/<dataset>``). The x axis is the optimizer step.
+the like); the periodic evaluations (``eval/<metric>``); after training, the main metric of every final
+evaluation (``final/<task>``, or ``final/<task>/<dataset>`` for a task with several datasets). The x axis is the
+optimizer step.
 
 A run resumed from a checkpoint continues the same tracker run: TensorBoard drops the events logged after the
 checkpoint (``purge_step``), wandb resumes the run by its id (derived from the run's config hash). Weights &
@@ -64,7 +65,8 @@ class Trackers:
     def start(self, step: int) -> None:
         if "tensorboard" in self.names and self._tb is None:
             from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=step or None)
+            # a resumed run drops the events logged after its checkpoint (step ``step`` itself is kept)
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=step + 1 if step else None)
             if not step:
                 self._tb.add_text("config", "```\n" + json.dumps(self.config, indent=1, sort_keys=True,
                                                                  default=str) + "\n```", 0)
@@ -102,8 +104,12 @@ class Trackers:
         scalars = {}
         for task, per_dataset in evals.items():
             if isinstance(per_dataset, dict):
-                scalars.update({f"final/{task}/{ds}": float(v) for ds, v in per_dataset.items()
-                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+                values = {ds: float(v) for ds, v in per_dataset.items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                if len(values) == 1:                       # one dataset: named by the task alone
+                    scalars[f"final/{task}"] = next(iter(values.values()))
+                else:
+                    scalars.update({f"final/{task}/{ds}": v for ds, v in values.items()})
         self.log(scalars, step)
 
     def close(self) -> None:
