@@ -4,7 +4,10 @@ fails alone (runs that need it are skipped), the rest of the sweep finishes.
 """
 from __future__ import annotations
 
+import os
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import submitit
@@ -40,7 +43,8 @@ def launch(specs: list[RunSpec], cluster: str = "local", methods_dir: Path | Non
     specs = with_requirements(specs, methods_dir)
     if cluster == "slurm":
         return slurm.submit_sweep(specs, slurm_profile, methods_dir)
-    executor = _executor(cluster, Path(specs[0].results) / specs[0].scale / ".submitit")
+    submitit_folder = Path(specs[0].results) / specs[0].scale / ".submitit"
+    executor = _executor(cluster, submitit_folder)
     where = "in this process" if executor is None else "in a worker process"
     console = progress.Console(len(specs), quiet=not progress_bar)
     console.header(f"{len(specs)} run(s) at scale {specs[0].scale}, one after another, each {where} "
@@ -72,7 +76,8 @@ def launch(specs: list[RunSpec], cluster: str = "local", methods_dir: Path | Non
                         execute(spec, False)
                     else:
                         executor.update_parameters(name=f"maskbench-{spec.method}-s{spec.seed}")
-                        job = executor.submit(execute, spec, False)
+                        with _controller_stderr(submitit_folder):
+                            job = executor.submit(execute, spec, False)
                         job.result()
                 except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
                     raise _user_error_of(e) or e
@@ -91,6 +96,22 @@ def launch(specs: list[RunSpec], cluster: str = "local", methods_dir: Path | Non
             failed.add((spec.method, spec.seed))
             console.finish(label, f"failed: {detail}", trained=False)
     return outcomes
+
+
+@contextmanager
+def _controller_stderr(folder: Path):
+    """submitit's local controller process inherits this process's stderr, and a Ctrl-C reaches it too: it would
+    print its own KeyboardInterrupt traceback under ours. It writes to ``controller.err`` in the submitit folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved, log = os.dup(2), os.open(folder / "controller.err", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(log, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(log)
 
 
 def _user_error_of(e: Exception) -> UserError | None:

@@ -254,3 +254,267 @@ def test_a_seed_beyond_32_bits_is_refused(tmp_path, capsys, seed):
     err = capsys.readouterr().err
     assert f"--seeds {seed} is too large" in err and "4294967295" in err
     assert not res.exists()
+
+
+# ---- 1 (and the cache cases of 11, 15). The data cache is verified at load; a damaged one is rebuilt ----------------
+def test_a_damaged_data_cache_is_found_at_load_and_rebuilt_to_the_same_bytes(tmp_path, monkeypatch, smoke_scale,
+                                                                             capsys):
+    import numpy as np
+    from benchmark.data import embedded
+    from benchmark.data.train_data import load_training_data
+    from benchmark.evaluation.sets import embedded_folder
+    monkeypatch.setenv("MASKBENCH_CACHE", str(tmp_path / "cache"))
+    data = load_training_data(smoke_scale)
+    folder = embedded_folder(smoke_scale)
+    fingerprint, images, tokens = data.fingerprint, data.images.clone(), data.tokens.clone()
+    originals = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    decoded = next(folder.glob("train-decoded-px*.npy"))
+    token_file = next(folder.glob("tokens-*.npy"))
+
+    def same_size_garble(path: Path, at: int, n: int = 4) -> None:
+        raw = bytearray(path.read_bytes())
+        raw[at:at + n] = bytes(b ^ 0xFF for b in raw[at:at + n])
+        path.write_bytes(bytes(raw))
+
+    damages = {   # what a user or a kill leaves -> the file the warning must name
+        "garbled decoded images": (lambda: same_size_garble(decoded, len(decoded.read_bytes()) // 2), decoded),
+        "truncated decoded images": (lambda: decoded.write_bytes(decoded.read_bytes()[:1000]), decoded),
+        "garbled tokens": (lambda: same_size_garble(token_file, len(token_file.read_bytes()) - 40), token_file),
+        "flipped label bytes": (lambda: same_size_garble(folder / "zeroshot_classification.tar", 5000),
+                                folder / "zeroshot_classification.tar"),
+        "truncated vqa.tar": (lambda: (folder / "vqa.tar").write_bytes((folder / "vqa.tar").read_bytes()[:9000]),
+                              folder / "vqa.tar"),
+        "no manifest": (lambda: (folder / "manifest.json").unlink(), folder / "manifest.json"),
+    }
+    for what, (damage, named) in damages.items():
+        damage()
+        again = load_training_data(smoke_scale)
+        assert embedded_folder(smoke_scale) == folder
+        err = capsys.readouterr().err
+        assert str(named) in err and ("regenerat" in err or "rebuilding" in err), (what, err)
+        assert again.fingerprint == fingerprint, what
+        assert torch_equal(again.images, images) and torch_equal(again.tokens, tokens), what
+        assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == originals, what
+        assert not embedded.damage(folder)
+    assert np.array_equal(np.load(decoded), images.numpy().transpose(0, 2, 3, 1))
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+    return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+# ---- 2. provenance per training segment; a resume on changed data is refused ------------------------------------------
+class _StopAt:
+    """A stop flag raised at step ``n``: the run saves a checkpoint there and stops (as a kill after it would)."""
+
+    def __init__(self, n: int):
+        self.n, self.calls = n, 0
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        return self.calls > self.n
+
+    def armed(self):
+        import contextlib
+        return contextlib.nullcontext(self)
+
+
+def _csv_data(folder: Path, shade: int) -> Path:
+    import numpy as np
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["path,caption"]
+    for i in range(48):
+        Image.fromarray(np.full((32, 32, 3), (shade + 5 * i) % 256, np.uint8)).save(folder / f"{i}.png")
+        rows.append(f"{i}.png,a grey square number {i}")
+    (folder / "pairs.csv").write_text("\n".join(rows) + "\n")
+    return folder / "pairs.csv"
+
+
+def test_provenance_per_segment_and_a_resume_on_changed_data_is_refused(in_methods, tmp_path, monkeypatch, capsys):
+    from benchmark import runs
+    from benchmark.errors import UserError
+    results, csv = tmp_path / "results", _csv_data(tmp_path / "data", shade=10)
+    spec = runs.RunSpec(method="clip", seed=0, scale="smoke", results=str(results), data=str(csv))
+    with pytest.raises(runs.Interrupted):
+        runs.execute(spec, progress_bar=False, stop=_StopAt(5))          # stopped after step 5: checkpoint 5
+    run = _run("clip", results)
+    first = read_json(run / "config.json")
+    assert [s["start_step"] for s in first["segments"]] == [0]
+    fingerprint = first["segments"][0]["data_fingerprint"]
+    assert first["data_fingerprint"] == fingerprint and first["segments"][0]["code_version"]
+    # the CSV behind the same --data path now holds other images: refused before anything is written
+    _csv_data(tmp_path / "data", shade=99)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    argv = ["run", "--methods", "clip", *SMOKE, "--results", str(results), "--data", str(csv), "--no-report"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{run} was trained up to step 5 on data with fingerprint {fingerprint}" in err and "--force" in err
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
+    with pytest.raises(UserError, match="the data changed since"):              # inside the run too (Slurm)
+        runs.execute(spec, progress_bar=False)
+    # the original data back, and the code edited between the kill and the resume
+    _csv_data(tmp_path / "data", shade=10)
+    monkeypatch.setattr(runs, "code_version", lambda: "0123abc+dirty")
+    assert main(argv) == 0, capsys.readouterr().err
+    record = read_json(run / "config.json")
+    assert [(s["start_step"], s["data_fingerprint"]) for s in record["segments"]] == [(0, fingerprint),
+                                                                                      (5, fingerprint)]
+    assert record["segments"][0]["code_version"] == first["segments"][0]["code_version"] != "0123abc+dirty"
+    assert record["segments"][1]["code_version"] == "0123abc+dirty"
+
+
+# ---- 11. damaged state files are named with the fix ---------------------------------------------------------------
+def test_damaged_run_state_is_named_with_the_fix(finished, in_methods, tmp_path, capsys):
+    results = _copy(finished, tmp_path)
+    run = _run("flip", results)
+    metrics = run / "metrics.json"
+    metrics.write_bytes(metrics.read_bytes()[:200])                       # truncated by a kill
+    assert main(["status", "--scale", "smoke", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert f"{metrics} is damaged" in out and "delete it and run the same `benchmark run` command again" in out
+    for argv in (["eval", "--methods", "flip", "--scale", "smoke"], ["run", "--methods", "flip", *SMOKE]):
+        assert main([*argv, "--results", str(results)]) == 2
+        err = capsys.readouterr().err
+        assert f"{metrics} is damaged" in err and "delete it" in err, argv
+    metrics.unlink()
+    config = run / "config.json"
+    config.write_bytes(b"\x00\x01garbage")
+    assert main(["run", "--methods", "flip", *SMOKE, "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config} is damaged" in err and f"delete the run folder {run} (or pass --force)" in err
+
+
+def test_a_binary_config_yaml_is_named(tmp_path):
+    from benchmark.discovery import discover
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "method.py").write_text((REPO_ROOT / "methods" / "clip" / "method.py").read_text())
+    (tmp_path / "m" / "config.yaml").write_bytes(bytes(range(128, 256)))
+    info = discover(tmp_path)["m"]
+    assert not info.ok and f"{tmp_path / 'm' / 'config.yaml'} is not a text file" in info.error
+
+
+# ---- 13. a full or read-only disk, a file where a folder belongs: exit 2, nothing half-written ----------------------
+def test_a_full_disk_is_exit_2_naming_the_file_and_leaves_nothing_half_written(in_methods, tmp_path, monkeypatch,
+                                                                                capsys):
+    import torch
+    from benchmark import checkpoint
+    real = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        real(obj, f, *a, **k)            # the bytes went somewhere; then the zip writer saw the short write
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1024 vs 960")
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    results = tmp_path / "results"
+    assert main(["run", "--methods", "clip", *SMOKE, "--results", str(results), "--no-report"]) == 2
+    err = capsys.readouterr().err
+    run = _run("clip", results)
+    assert f"no space left on the device of {run / 'checkpoints' / 'step_0000004.pt'}" in err, err
+    assert "Traceback" not in err and not (run / "error.json").exists()
+    assert not list(run.rglob("*.tmp")) and not list((run / "checkpoints").glob("step_*"))
+
+
+def _read_only(monkeypatch, root: Path) -> None:
+    """Every write under ``root`` fails as on a read-only mount (permission bits cannot show it to root)."""
+    import builtins
+    import errno
+    import os
+    real_open, real_os_open, real_mkdir = builtins.open, os.open, os.mkdir
+
+    def refuse(path):
+        if str(Path(path).absolute()).startswith(str(root)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    def os_open(path, flags, *a, **k):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            refuse(path)
+        return real_os_open(path, flags, *a, **k)
+
+    def open_(file, mode="r", *a, **k):
+        if isinstance(file, (str, Path)) and any(c in mode for c in "wax+"):
+            refuse(file)
+        return real_open(file, mode, *a, **k)
+
+    def mkdir(path, *a, **k):
+        refuse(path)
+        return real_mkdir(path, *a, **k)
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
+def test_a_read_only_results_folder_and_a_file_as_reports_folder_are_exit_2(finished, in_methods, tmp_path,
+                                                                             monkeypatch, capsys):
+    results = _copy(finished, tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in results.rglob("*")}
+    with monkeypatch.context() as mp:
+        _read_only(mp, results)
+        for argv in (["run", "--methods", "flip", *SMOKE, "--no-report"], ["eval", "--methods", "flip", "--scale",
+                                                                          "smoke"]):
+            assert main([*argv, "--results", str(results)]) == 2
+            err = capsys.readouterr().err
+            assert f"cannot write --results {results}" in err and "read-only file system" in err, (argv, err)
+    assert {p: p.stat().st_mtime_ns for p in results.rglob("*")} == before
+    a_file = tmp_path / "reports.txt"
+    a_file.write_text("not a folder")
+    for argv in (["report", "--scale", "smoke"], ["run", "--methods", "flip", *SMOKE]):
+        assert main([*argv, "--results", str(results), "--reports", str(a_file)]) == 2
+        err = capsys.readouterr().err
+        assert f"--reports {a_file}" in err and "is not a folder" in err, (argv, err)
+
+
+def test_report_of_an_unknown_scale_names_the_scales(tmp_path, capsys):
+    assert main(["report", "--scale", "nosuch", "--results", str(tmp_path), "--reports", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown scale 'nosuch'" in err and "smoke" in err and "train first" not in err
+
+
+# ---- 14. generator workers die with their parent; temporary folders of a killed generation are cleared -------------
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] not in "ZX"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_a_killed_generation_takes_its_workers_along_and_its_temporary_folder_is_cleared(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from benchmark.data import embedded
+    root = tmp_path / "embedded"
+    code = (f"from pathlib import Path\nfrom benchmark.data import embedded\n"
+            f"embedded.ensure(32, 40000, 96, root=Path({str(root)!r}))\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_children(parent.pid)) < 2:                  # both workers started
+            assert parent.poll() is None and time.monotonic() < deadline, "the generation never started workers"
+            time.sleep(0.2)
+        workers = _children(parent.pid)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while any(_alive(w) for w in workers):
+            assert time.monotonic() < deadline, f"workers {[w for w in workers if _alive(w)]} outlived their parent"
+            time.sleep(0.2)
+    finally:
+        for w in _children(parent.pid):
+            os.kill(w, signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
+    stale = [d for d in root.iterdir() if d.name.startswith(".v")]
+    assert stale, "the killed generation left no temporary folder: nothing was tested"
+    embedded.ensure(32, 64, 8, root=root)                      # the next start clears it
+    assert not [d for d in root.iterdir() if d.name.startswith(".")]
