@@ -380,8 +380,12 @@ def cmd_report(args) -> int:
         from benchmark import report
     except ImportError:
         raise UserError("reports are not available in this version") from None
-    from benchmark.scale_files import scale_name
+    from benchmark.scale_files import SCALES_DIR, is_scale_file, scale_name
+    from benchmark.scales import SCALES, get_scale
     name = scale_name(args.scale)
+    if name not in SCALES and not is_scale_file(args.scale) and not (SCALES_DIR / f"{args.scale}.yaml").exists() \
+            and not (Path(args.results) / name).is_dir():
+        get_scale(args.scale)                   # neither a scale nor a results folder: "unknown scale", not "train"
     _check_writable(Path(args.reports), "--reports")
     if (Path(args.results) / name).is_dir():
         _check_writable(Path(args.results) / name, "--results")
