@@ -154,7 +154,7 @@ def build(raw: dict, where: str, from_file: bool = True, data: str | None = None
     for key in raw:
         if key not in known:
             raise UserError(f"{where}: unknown field {key!r}{_suggest(key, known)}; known fields: "
-                            f"extends, {', '.join(sorted(known))}")
+                            f"{', '.join(sorted(known | {'extends'}))}")
     if extends is not None:
         if extends not in SCALES:
             raise UserError(f"{where}: extends: {extends!r} is not a built-in scale; use one of {', '.join(SCALES)}")
@@ -331,6 +331,9 @@ def _epochs_budget(scale: Scale, epochs, dataset_size, where: str, data: str | N
         raise UserError(f"{where}: epochs must be positive, got {epochs}")
     if dataset_size is None:
         path = data or scale.data.path
+        if path and (data or scale.data.kind != "embedded"):
+            from benchmark.data.readers import check_data_path
+            check_data_path(path)                        # a folder or a .txt: say so, not "needs dataset_size"
         if scale.data.kind == "embedded" and not data:
             dataset_size = scale.data.train_size
         elif path.endswith((".csv", ".tsv")):

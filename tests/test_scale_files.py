@@ -166,3 +166,15 @@ def test_cli_records_the_scale_file_and_set_in_config_and_hash(tmp_path, monkeyp
     assert identity(changed)["scale"]["optim"]["lr"] == 5e-4 and identity(changed)["scale_set"] == ["optim.lr=5e-4"]
     assert config_hash(identity(changed)) != config_hash(identity(plain))
     assert "scale_set" not in identity(plain)                      # built-in runs keep their identity
+
+
+def test_an_epochs_budget_counts_the_csv_and_names_a_bad_data_path(tmp_path):
+    (tmp_path / "pairs.csv").write_text("filepath\ttitle\na.jpg\tone\nb.jpg\ttwo\nc.jpg\tthree\n")
+    p = _file(tmp_path, "extends: smoke\nname: ep\nbatch_size: 2\nepochs: 4\ndata: {kind: csv, path: pairs.csv}\n")
+    s, _ = load_scale(str(p))
+    assert s.samples == 12 and s.data.path == str(tmp_path / "pairs.csv")      # relative to the scale file
+    (tmp_path / "list.txt").write_text("a.jpg\n")
+    with pytest.raises(UserError, match="is a folder"):
+        load_scale(str(p), data=str(tmp_path))
+    with pytest.raises(UserError, match="list.txt is neither a CSV"):
+        load_scale(str(p), data=str(tmp_path / "list.txt"))

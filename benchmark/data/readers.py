@@ -132,6 +132,24 @@ def read_eval_set(url: str, size: int | None = None):
     return np.stack(images), metas
 
 
+def check_data_path(path: str) -> None:
+    """A training-data path must be a CSV (.csv, .tsv) or webdataset shards (.tar, brace patterns, ``::``)."""
+    if Path(path).is_dir():
+        raise UserError(f"--data {path} is a folder; pass a CSV file (open_clip's format: tab-separated, columns "
+                        "filepath and title) or webdataset shards (a brace pattern of .tar files, e.g. "
+                        f"'{path.rstrip('/')}/{{00000..00009}}.tar')")
+    if path.endswith((".csv", ".tsv")):
+        return
+    import braceexpand
+    urls = [u for pattern in path.split("::") for u in braceexpand.braceexpand(pattern)]
+    if not urls:
+        raise UserError(f"data path {path!r} names no shards")
+    not_tar = [u for u in urls if not u.endswith(".tar")]
+    if not_tar:
+        raise UserError(f"--data {not_tar[0]} is neither a CSV (.csv, .tsv) nor a webdataset shard (.tar); pass "
+                        "a CSV of image paths and captions or a brace pattern of .tar shards")
+
+
 OPEN_CLIP_CSV = ("\t", "filepath", "title")      # open_clip_train/params.py defaults
 MASKBENCH_CSV = (",", "path", "caption")
 SHOWN = 5                                           # bad files named in one message (then a count)

@@ -20,7 +20,7 @@ from open_clip.transform import AugmentationCfg
 
 from benchmark.data import embedded
 from benchmark.data.preprocess import normalize_images, tokenizer
-from benchmark.data.readers import read_pairs_from_csv, read_pairs_from_shards
+from benchmark.data.readers import check_data_path, read_pairs_from_csv, read_pairs_from_shards
 from benchmark.errors import UserError
 from benchmark.scales import Scale
 
@@ -138,21 +138,12 @@ def load_training_data(scale: Scale, data_override: str | None = None):
             images = list(images)
         return InMemoryPairs(images, tokens, embedded.fingerprint(folder), augment=spec.augment,
                              image_size=scale.image_size, crop_scale=spec.crop_scale)
-    if Path(path).is_dir():
-        raise UserError(f"--data {path} is a folder; pass a CSV file (open_clip's format: tab-separated, columns "
-                        "filepath and title) or webdataset shards (a brace pattern of .tar files, e.g. "
-                        f"'{path.rstrip('/')}/{{00000..00009}}.tar')")
+    check_data_path(path)
     if path.endswith((".csv", ".tsv")):
         images, captions = read_pairs_from_csv(path, scale.image_size, spec, for_crop=spec.augment)
     else:
         import braceexpand
         urls = [u for pattern in path.split("::") for u in braceexpand.braceexpand(pattern)]
-        if not urls:
-            raise UserError(f"data path {path!r} names no shards")
-        not_tar = [u for u in urls if not u.endswith(".tar")]
-        if not_tar:
-            raise UserError(f"--data {not_tar[0]} is neither a CSV (.csv, .tsv) nor a webdataset shard (.tar); pass "
-                            "a CSV of image paths and captions or a brace pattern of .tar shards")
         if spec.stream:
             from benchmark.data.stream import StreamingPairs
             return StreamingPairs(urls, scale.image_size, scale.context_length, spec.augment, spec.workers,
