@@ -26,10 +26,12 @@ def random_keep_indices(batch: int, n_patches: int, mask_ratio: float, device) -
 
 
 def complement_indices(keep_idx: torch.Tensor, n_patches: int) -> torch.Tensor:
-    """The masked positions [B, N-K] given the kept ones [B, K] (each row the same K)."""
-    keep = torch.zeros(keep_idx.shape[0], n_patches, dtype=torch.bool, device=keep_idx.device)
-    keep.scatter_(1, keep_idx, True)
-    return (~keep).nonzero()[:, 1].view(keep_idx.shape[0], -1)
+    """The masked positions [B, N-K], ascending, given the kept ones [B, K] (each row the same K). A stable sort
+    of the keep mask puts the masked positions first in index order; its shape never depends on values, so a
+    shape-only step (benchmark/shape_only.py) can take it too."""
+    keep = torch.zeros(keep_idx.shape[0], n_patches, dtype=torch.uint8, device=keep_idx.device)
+    keep.scatter_(1, keep_idx, 1)
+    return keep.sort(dim=1, stable=True).indices[:, :n_patches - keep_idx.shape[1]]
 
 
 def patch_embed(visual: VisionTransformer, images: torch.Tensor) -> torch.Tensor:

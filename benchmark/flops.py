@@ -1,9 +1,11 @@
 """Compute accounting: FLOPs of one real training step, counted, never declared (docs/design.md, "Matched compute").
 
-The step (forward, every loss, backward) runs once under ``torch.utils.flop_counter.FlopCounterMode`` on a copy
-of the method, so the run itself is untouched. Attention is counted by forcing the SDPA math backend: the
-fused CPU kernel (``aten._scaled_dot_product_flash_attention_for_cpu``) has no FLOP formula in
-``torch.utils.flop_counter`` and would silently be left out.
+The step (forward, every loss, backward) runs once under ``torch.utils.flop_counter.FlopCounterMode``. Runs plan
+on shape-only copies (``benchmark.planning``, no memory); ``count_step_flops`` counts a real step on a copy of a
+real method (the reference the planning is tested against, and the fallback for a step that needs real values).
+Attention is counted by forcing the SDPA math backend: the fused CPU kernel
+(``aten._scaled_dot_product_flash_attention_for_cpu``) has no FLOP formula in ``torch.utils.flop_counter`` and
+would silently be left out.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import copy
 import math
 
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -41,16 +44,20 @@ def count_step_flops(method, batch: dict, progress: float) -> int:
         _set_rng_state(rng, device)
 
 
+def clip_reference_loss(clip, batch: dict, clip_loss) -> torch.Tensor:
+    """The loss of one plain CLIP step (full image, one text pass, ClipLoss): the unit of the compute budget."""
+    img = F.normalize(clip.encode_image(batch["images"]), dim=-1)
+    txt = F.normalize(clip.encode_text(batch["texts"]), dim=-1)
+    return clip_loss(img, txt, clip.logit_scale.exp())
+
+
 def reference_clip_flops(clip, batch: dict, clip_loss) -> int:
-    """FLOPs of one plain CLIP step (full image, one text pass, ClipLoss): the unit of the compute budget."""
-    import torch.nn.functional as F
+    """FLOPs of one plain CLIP step on real weights (a copy of ``clip``, both towers trained)."""
     probe = copy.deepcopy(clip).train()
     for p in probe.parameters():    # a plain CLIP trains both towers, whatever the method froze (UTA's text)
         p.requires_grad_(True)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        img = F.normalize(probe.encode_image(batch["images"]), dim=-1)
-        txt = F.normalize(probe.encode_text(batch["texts"]), dim=-1)
-        clip_loss(img, txt, probe.logit_scale.exp()).backward()
+        clip_reference_loss(probe, batch, clip_loss).backward()
     return int(counter.get_total_flops())
 
 

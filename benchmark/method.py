@@ -39,6 +39,8 @@ class Context:
     rank: int = 0
     world_size: int = 1
     results_root: Path | None = None   # where finished runs of this benchmark live (teachers)
+    planning: bool = False             # a shape-only copy for compute planning (benchmark/planning.py): a
+                                       # teacher not trained yet may be stood in for by its architecture
 
 
 class Method(nn.Module):

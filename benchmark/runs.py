@@ -19,7 +19,7 @@ from pathlib import Path
 import open_clip
 import torch
 
-from benchmark import checkpoint, discovery, distributed, flops, tracking
+from benchmark import checkpoint, discovery, distributed, planning, tracking
 from benchmark.data.train_data import load_training_data
 from benchmark.errors import DamagedFile, RunFailed, RunLocked, UserError, storage_error
 from benchmark.evaluation import suite
@@ -244,21 +244,17 @@ def _train_and_evaluate(spec: RunSpec, scale, ident: dict, progress_bar: bool,
     info = _info(spec)
     data = load_training_data(scale, spec.data)
     record_segment(spec, data.fingerprint, env.is_main)
-    # The step plan is a single-process quantity (the global batch through one model): with several processes a
-    # world-size-1 copy counts it, so every rank and every world size plan the same steps.
-    planner = _build_method(info, spec, scale, ident, device) if env.world_size > 1 else None
     method = _build_method(info, spec, scale, ident, device, env.rank, env.world_size)
-    planner = planner or method
+    # Matched compute (benchmark/planning.py): FLOPs of rank 0's first step on a shape-only copy of the method (no
+    # weight or activation memory), per phase, against the plain CLIP step. Every rank plans rank 0's step with
+    # rank 0's RNG state, so every rank and every world size plan the same steps.
+    torch.manual_seed(spec.seed)
+    run_plan = planning.plan_run(info, ident["method_config"], scale, spec.seed, data, device, env.world_size,
+                                 spec.match, Path(spec.results), real_method=method)
     # masks: a function of the seed alone (and of the rank: each rank draws its own)
     torch.manual_seed(spec.seed if env.rank == 0 else spec.seed + 1_000_003 * env.rank)
-
-    # Matched compute: FLOPs of a real step of this method, per phase, against the CLIP reference step.
-    batch0 = data.batch(0, scale.batch_size, spec.seed, device)
-    reference = flops.reference_clip_flops(planner.clip, batch0, planner.clip_loss)
-    phases = [(frac, flops.count_step_flops(planner, batch0, p)) for frac, p in planner.phases()]
-    del planner, batch0
-    steps = flops.plan_steps(spec.match, scale, reference, [(f, c) for f, c in phases])
-    per_step = sum(f * c for f, c in phases)
+    steps, phases, reference = run_plan.steps, [tuple(p) for p in run_plan.phases], run_plan.reference_flops
+    per_step = run_plan.flops_per_step
     eval_every = scale.eval_every_samples // scale.batch_size if scale.eval_every_samples else 0
     plan = TrainPlan(steps=steps, batch_size=scale.batch_size, seed=spec.seed, optim=scale.optim,
                      checkpoint_every=scale.checkpoint_every, eval_every_steps=eval_every, flops_per_step=per_step)

@@ -8,10 +8,10 @@ import os
 import platform
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from benchmark import flops
+from benchmark.data.synthetic import synthetic_pairs  # noqa: F401 - measures build data through harness
 from benchmark.data.train_data import InMemoryPairs, load_training_data
 from benchmark.discovery import discover
 from benchmark.errors import NonFiniteLoss
@@ -54,19 +54,6 @@ def autocast_for(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
-
-
-def synthetic_pairs(scale: Scale, n: int, seed: int = 0) -> InMemoryPairs:
-    """Random uint8 images and random captions of the scale's shapes, served by the trainer's own batcher (for
-    model variants whose image size has no generated data, and for GPU runs)."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, scale.image_size, scale.image_size, 3), dtype=np.uint8)
-    tokens = torch.zeros(n, scale.context_length, dtype=torch.long)
-    lengths = rng.integers(4, scale.context_length, n)
-    for i, length in enumerate(lengths):
-        tokens[i, 0], tokens[i, length - 1] = 49406, 49407           # SOT ... EOT, as the tokenizer writes
-        tokens[i, 1:length - 1] = torch.from_numpy(rng.integers(1, 49000, length - 2))
-    return InMemoryPairs(images, tokens, fingerprint=f"synthetic-{seed}-{n}")
 
 
 def training_pairs(scale: Scale, synthetic: bool = False, n: int = 4096) -> InMemoryPairs:

@@ -84,8 +84,10 @@ class UTA(Method):
         if not 0 <= self.cfg["contrastive_finetune_fraction"] < 1:
             raise UserError(f"uta.contrastive_finetune_fraction={self.cfg['contrastive_finetune_fraction']} is "
                             "outside [0, 1): the fraction of the steps spent in stage-2 contrastive fine-tuning")
-        weights, metrics = teacher_paths(self.cfg, ctx)
-        teacher = load_teacher(weights, metrics, ctx.scale)
+        weights, metrics = teacher_paths(self.cfg, ctx) if not ctx.planning else (Path("(planning)"), None)
+        # Compute planning: the frozen teacher's pass costs the same whatever its weights, so an untrained model of
+        # the scale's architecture stands in for it (the teacher run may not exist yet).
+        teacher = load_teacher(weights, metrics, ctx.scale) if not ctx.planning else open_clip.CLIP(**ctx.scale.model)
         self.teacher_source = {"teacher_run": str(weights.parent) if metrics else None,
                                "teacher_checkpoint": None if metrics else str(weights)}
         self.teacher_metrics = json.loads(metrics.read_text()) if metrics else None
