@@ -163,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
                "ranges),\npaper.yaml against its schema (docs/adding-a-method.md). Exit 2 listing every problem.")
     chk.add_argument("names", nargs="*", metavar="METHOD",
                      help="method folders to check, separated by commas or spaces (default: all)")
+    pl = _sub(sub, "plan", "steps, FLOPs, GPU-hours, memory per GPU and Slurm jobs of a sweep (nothing runs)",
+              "Plan a sweep without training or submitting: per run steps, samples, FLOPs per step, training FLOPs\n"
+              "(+ required runs), GPU-hours, peak memory per GPU; then the job waves and their sbatch scripts.")
+    _common(pl)
+    _data_flags(pl)
+    pl.add_argument("--slurm-profile", default=None, help="YAML profile in slurm/ (default: the scale's resources)")
+    pl.add_argument("--no-data-check", action="store_true",
+                    help="plan even if dataset paths are missing (they are listed; counted on synthetic data)")
+    pl.add_argument("--json", default=None, help="also write the plan to this JSON file")
+    pl.add_argument("--mfu", type=float, default=0.30, help="model FLOPs utilisation assumed for the GPU-hours")
+    pl.add_argument("--gpu-tflops", type=float, default=312.0,
+                    help="peak dense bf16 TFLOP/s of one GPU (default: A100)")
+    pl.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one GPU (default: 80)")
     perf = _sub(sub, "perf", "measure the harness against open_clip and clip_benchmark")
     perf.add_argument("--out", default="reports/perf", help="folder for perf.json and perf.md")
     perf.add_argument("--measures", default="all",
@@ -406,6 +419,12 @@ def cmd_check(args) -> int:
     return check.main(split_list(args.names))
 
 
+def cmd_plan(args) -> int:
+    from benchmark import plan_report
+    scale, specs = _specs(args, args.scale)
+    return plan_report.main(args, scale, specs)
+
+
 def cmd_perf(args) -> int:
     from benchmark import perf
     return perf.main(args)
@@ -415,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"list": cmd_list, "run": cmd_run, "eval": cmd_eval, "report": cmd_report,
-                "status": cmd_status, "check": cmd_check, "perf": cmd_perf}[args.command](args)
+                "status": cmd_status, "check": cmd_check, "plan": cmd_plan, "perf": cmd_perf}[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

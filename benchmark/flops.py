@@ -3,19 +3,35 @@
 The step (forward, every loss, backward) runs once under ``torch.utils.flop_counter.FlopCounterMode``. Runs plan
 on shape-only copies (``benchmark.planning``, no memory); ``count_step_flops`` counts a real step on a copy of a
 real method (the reference the planning is tested against, and the fallback for a step that needs real values).
-Attention is counted by forcing the SDPA math backend: the fused CPU kernel
-(``aten._scaled_dot_product_flash_attention_for_cpu``) has no FLOP formula in ``torch.utils.flop_counter`` and
-would silently be left out.
+Attention is counted by forcing the SDPA math backend and ``nn.MultiheadAttention``'s unfused path
+(``counted_kernels``): the fused kernels (``aten._scaled_dot_product_flash_attention_for_cpu``,
+``aten._native_multi_head_attention``) have no FLOP formula in ``torch.utils.flop_counter`` and would silently be
+left out.
 """
 from __future__ import annotations
 
 import copy
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+
+
+@contextmanager
+def counted_kernels():
+    """Kernels whose FLOPs ``FlopCounterMode`` can count: the SDPA math backend (the fused CPU kernel has no FLOP
+    formula), and ``nn.MultiheadAttention`` off its fused fast path (``_native_multi_head_attention``, which an
+    eval-mode module without gradients takes: a frozen teacher's attention would count 0 FLOPs)."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def _rng_state(device):
@@ -35,7 +51,7 @@ def count_step_flops(method, batch: dict, progress: float) -> int:
     probe = copy.deepcopy(method)
     probe.train()
     try:
-        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        with counted_kernels(), FlopCounterMode(display=False) as counter:
             losses = probe(batch, progress)
             losses["loss"].backward()
         return int(counter.get_total_flops())
@@ -56,7 +72,7 @@ def reference_clip_flops(clip, batch: dict, clip_loss) -> int:
     probe = copy.deepcopy(clip).train()
     for p in probe.parameters():    # a plain CLIP trains both towers, whatever the method froze (UTA's text)
         p.requires_grad_(True)
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+    with counted_kernels(), FlopCounterMode(display=False) as counter:
         clip_reference_loss(probe, batch, clip_loss).backward()
     return int(counter.get_total_flops())
 

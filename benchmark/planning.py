@@ -23,7 +23,6 @@ from pathlib import Path
 import open_clip
 import torch
 from open_clip.loss import ClipLoss
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmark import flops
@@ -92,7 +91,7 @@ def _count(module, device, run) -> StepCount:
     stats = dict(getattr(module, "_stats", {}))
     mode = ShapeOnly()
     try:
-        with mode, mode.tracked(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        with mode, mode.tracked(), flops.counted_kernels(), FlopCounterMode(display=False) as counter:
             run()
         return StepCount(int(counter.get_total_flops()), mode.peak_bytes)
     finally:

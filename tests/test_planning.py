@@ -120,3 +120,62 @@ def test_a_decision_on_weight_values_is_refused_by_name(smoke_scale):
     plan = planning.plan_run(info, {}, smoke_scale, 0, data, "cpu", real_method=real)
     assert plan.counted_on.startswith("real step")
     assert plan.phases[0][1] == flops.count_step_flops(real, data.batch(0, smoke_scale.batch_size, 0, "cpu"), 0.0)
+
+
+def test_a_frozen_teachers_attention_is_counted():
+    """An eval-mode nn.MultiheadAttention without gradients takes a fused fast path that FlopCounterMode cannot
+    see; counting turns it off, so a frozen teacher's attention is counted like the student's."""
+    from torch.utils.flop_counter import FlopCounterMode
+    mha = torch.nn.MultiheadAttention(64, 2, batch_first=True).eval()
+    x = torch.randn(2, 10, 64)
+    with torch.no_grad(), flops.counted_kernels(), FlopCounterMode(display=False) as counted:
+        mha(x, x, x, need_weights=False)
+    expected = 2 * 2 * 10 * 64 * 3 * 64 + 2 * 2 * 10 * 64 * 64 + 2 * 2 * 2 * 10 * 10 * 64   # in/out proj, QK^T, AV
+    assert counted.get_total_flops() == expected
+
+
+def test_gpu_check_counts_equal_the_plan_on_cpu_at_smoke(tmp_path):
+    """The README's GPU check (benchmark/perf/paper_step.py) run at the smoke scale on a CPU: the FLOPs counted on
+    the device's real weights equal the shape-only plan for every method, and the figures are written."""
+    import json
+
+    from benchmark.perf import paper_step
+    out = tmp_path / "paper_step.json"
+    assert paper_step.main(["--scale", "smoke", "--batch", "8", "--steps", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == list(METHODS)
+    assert all(r["flops_equal"] and r["planned_flops"] > 0 and r["ms_per_step"] > 0 for r in rows)
+
+
+def test_plan_command_prints_runs_waves_and_sbatch_without_submitting(tmp_path, capsys):
+    import json
+
+    from benchmark import cli
+    out = tmp_path / "plan.json"
+    profile = tmp_path / "p.yaml"
+    profile.write_text("partition: gpu\ngpus_per_node: 4\nnodes: 2\ntime_min: 600\n")
+    assert cli.main(["plan", "--scale", "smoke", "--methods", "flip,uta", "--results", str(tmp_path / "r"),
+                     "--slurm-profile", str(profile), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    plan = json.loads(out.read_text())
+    assert plan["world_size"] == 8 and plan["per_rank_batch"] == 4
+    runs = {r["method"]: r for r in plan["runs"]}
+    assert set(runs) == {"clip", "flip", "uta"}, "UTA's teacher run is planned too"
+    assert runs["uta"]["requires"] == ["clip"]
+    assert runs["uta"]["train_flops_with_required"] == runs["uta"]["train_flops"] + runs["clip"]["train_flops"]
+    assert runs["clip"]["steps"] == 12 and runs["flip"]["steps"] > 12
+    waves = [sorted(w["jobs"]) for w in plan["waves"]]
+    assert waves == [["smoke/clip/seed0", "smoke/flip/seed0"], ["smoke/uta/seed0"]]
+    first, second = (w["sbatch"] for w in plan["waves"])
+    assert "#SBATCH --array=0-1%2" in first and "--dependency" not in first
+    assert "#SBATCH --dependency=afterok:JOBID_clip_seed0" in second and "#SBATCH --partition=gpu" in second
+    assert "#SBATCH --nodes=2" in second and "#SBATCH --gpus-per-node=4" in second
+    assert "wave 2: array of 1 job(s): smoke/uta/seed0" in text and "GPU-h" in text
+    assert not (tmp_path / "r").exists(), "planning writes no run folder and submits nothing"
+
+
+def test_plan_lists_missing_data_by_name(capsys):
+    from benchmark import cli
+    assert cli.main(["plan", "--scale", "cc12m-b16", "--methods", "clip"]) == 2
+    err = capsys.readouterr().err
+    assert "/datasets/imagenet1k" in err and "/datasets/cc12m/00000.tar" in err and "--no-data-check" in err
