@@ -66,7 +66,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if default in (None, False, [], argparse.SUPPRESS) or not action.option_strings or "%(default)" in text:
+        if default in (None, False, [], argparse.SUPPRESS) or not action.option_strings or "%(default)" in text \
+                or "default" in text.lower():              # the text says its default in its own words
             return text
         shown = " ".join(map(str, default)) if isinstance(default, list) else str(default)
         return f"{text} (default: {shown})"
