@@ -518,3 +518,29 @@ def test_a_killed_generation_takes_its_workers_along_and_its_temporary_folder_is
     assert stale, "the killed generation left no temporary folder: nothing was tested"
     embedded.ensure(32, 64, 8, root=root)                      # the next start clears it
     assert not [d for d in root.iterdir() if d.name.startswith(".")]
+
+
+# ---- 15. Ctrl-C under --cluster local: the friendly message only ---------------------------------------------------
+def test_ctrl_c_under_the_local_cluster_prints_no_submitit_traceback(in_methods, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    results = tmp_path / "results"
+    child = subprocess.Popen([sys.executable, "-m", "benchmark", "run", "--methods", "clip", "--scale", "smoke",
+                              "--cluster", "local", "--results", str(results), "--no-report"], cwd=REPO_ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (_run("clip", results) / "train.jsonl").exists():     # the worker is training
+            assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+            time.sleep(0.2)
+        os.killpg(child.pid, signal.SIGINT)                          # Ctrl-C: the whole foreground group
+        out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    assert child.returncode == 130, err
+    assert "interrupted; runs resume from their last checkpoint" in err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
