@@ -12,6 +12,7 @@ JSON file in that format, registered with ``open_clip.add_model_config``) and th
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pickle
 import time
 from pathlib import Path
@@ -53,7 +54,13 @@ def model_config(model: str) -> tuple[str, dict]:
 
 
 def load_model(checkpoint: Path, name: str, device) -> torch.nn.Module:
-    model = open_clip.create_model(name, pretrained=None, device="cpu")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)          # open_clip warns "initialized randomly": the weights are loaded next
+    try:
+        model = open_clip.create_model(name, pretrained=None, device="cpu")
+    finally:
+        root.setLevel(level)
     try:
         open_clip.load_checkpoint(model, str(checkpoint), strict=True, weights_only=True)
     except pickle.UnpicklingError as e:

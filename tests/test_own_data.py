@@ -271,7 +271,8 @@ def test_external_checkpoint_is_evaluated_written_and_reported(full_root, tmp_pa
     assert ev["run"]["external"] and ev["pretrained"] == str(plain.resolve())
     assert main(["report", "--scale", str(scale), "--results", str(res), "--reports", str(reports)]) == 0
     summary = (reports / "ext" / "summary.md").read_text()
-    assert "tiny-a (external)" in summary and "tiny-b (external)" in summary
+    assert "| tiny-a (external)" in summary and "| tiny-b (external)" in summary
+    assert "a checkpoint maskbench did not train" in summary
     # bad inputs: exit 2, named, nothing written
     other = open_clip.CLIP(**{**TINY_MODEL, "embed_dim": 16})
     torch.save(other.state_dict(), tmp_path / "other.pt")

@@ -179,6 +179,9 @@ def notes(res: Results, frame: pd.DataFrame) -> list[str]:
     lines.append("Compute columns: mean over the finished runs of each method. `train FLOPs` counts every "
                  "training step as measured (FlopCounterMode, attention included); `mask ratio` is the realised "
                  "fraction of image patches dropped, averaged over the logged training steps.")
+    if res.external:
+        lines.append(f"{', '.join(f'`{m}`' for m in res.external)}: a checkpoint maskbench did not train "
+                     "(`eval --checkpoint`), evaluated on the same suite; no training compute is known for it.")
     return lines
 
 
