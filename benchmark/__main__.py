@@ -1,3 +1,4 @@
 from benchmark.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":       # not when a spawned worker process imports the main module
+    raise SystemExit(main())

@@ -1,13 +1,18 @@
-"""Launch runs through submitit (docs/design.md, "Launching"): ``debug`` in this process, ``local`` as subprocesses on this
-machine, ``slurm`` on a cluster. Runs are ordered so that a run's ``requires`` finish first; one failed run
-fails alone (runs that need it are skipped), the rest of the sweep finishes.
+"""Launch runs (docs/design.md, "Launching"): ``debug`` in this process, ``local`` in a worker process on this
+machine, ``slurm`` through submitit on a cluster. Runs are ordered so that a run's ``requires`` finish first; one
+failed run fails alone (runs that need it are skipped), the rest of the sweep finishes.
+
+``local`` keeps one worker process for the whole sweep (``concurrent.futures.ProcessPoolExecutor``, spawned):
+torch, open_clip and the harness are imported once, not once per run as a fresh interpreter per run would. A
+worker that dies (killed, out of memory) fails its run only; a fresh worker takes the next run, and the killed
+run resumes from its last checkpoint when the command is run again.
 """
 from __future__ import annotations
 
-import os
-import sys
+import concurrent.futures as cf
+import multiprocessing
+import signal
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import submitit
@@ -18,14 +23,46 @@ from benchmark.runs import RunSpec, check_config, execute, identity
 from benchmark.sweep import Outcome, blocked_by, with_requirements
 
 
+class LocalWorker:
+    """One persistent worker process; ``run(spec)`` executes a run in it and returns or raises what it did."""
+
+    def __init__(self):
+        self._pool = None
+
+    def run(self, spec: RunSpec):
+        if self._pool is None:
+            self._pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_worker_init)
+        try:
+            return self._pool.submit(execute, spec, False).result()
+        except KeyboardInterrupt:            # Ctrl-C: stop the worker too (the run resumes from its checkpoint)
+            for proc in list(getattr(self._pool, "_processes", {}).values()):
+                proc.terminate()
+            self.close(wait=False)
+            raise
+        except cf.process.BrokenProcessPool:
+            self.close(wait=False)               # the next run gets a fresh worker
+            raise RunFailed(f"{spec.label()} failed: its worker process died (killed or out of memory); run the "
+                            "command again to resume it from its last checkpoint") from None
+
+    def close(self, wait: bool = True):
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=True)
+            self._pool = None
+
+
+def _worker_init() -> None:
+    # A Ctrl-C reaches the whole process group: the launcher stops the worker, which would otherwise print its
+    # own KeyboardInterrupt traceback under the launcher's message.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import benchmark.runs  # noqa: F401 - what every run imports (torch, open_clip, the harness), once per worker
+
+
 def _executor(cluster: str, folder: Path):
     if cluster == "debug":
         return None
     if cluster == "local":
-        # cluster="local" explicitly: AutoExecutor would pick Slurm whenever sbatch is on PATH.
-        ex = submitit.AutoExecutor(folder=str(folder), cluster="local")
-        ex.update_parameters(timeout_min=24 * 60)
-        return ex
+        return LocalWorker()
     raise UserError(f"unknown --cluster {cluster!r}: choose debug, local or slurm")
 
 
@@ -49,6 +86,14 @@ def launch(specs: list[RunSpec], cluster: str = "local", methods_dir: Path | Non
     console = progress.Console(len(specs), quiet=not progress_bar)
     console.header(f"{len(specs)} run(s) at scale {specs[0].scale}, one after another, each {where} "
                    f"(--cluster {cluster}); results in {Path(specs[0].results) / specs[0].scale}")
+    try:
+        return _run_in_order(specs, executor, console, methods_dir, where)
+    finally:
+        if executor is not None:
+            executor.close()
+
+
+def _run_in_order(specs, executor, console, methods_dir, where) -> list[Outcome]:
     outcomes: list[Outcome] = []
     failed: set[tuple[str, int]] = set()
     for spec in specs:
@@ -75,10 +120,7 @@ def launch(specs: list[RunSpec], cluster: str = "local", methods_dir: Path | Non
                     if executor is None:
                         execute(spec, False)
                     else:
-                        executor.update_parameters(name=f"maskbench-{spec.method}-s{spec.seed}")
-                        with _controller_stderr(submitit_folder):
-                            job = executor.submit(execute, spec, False)
-                        job.result()
+                        executor.run(spec)
                 except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
                     raise _user_error_of(e) or e
             outcomes.append(Outcome(spec, "done"))
@@ -96,22 +138,6 @@ def launch(specs: list[RunSpec], cluster: str = "local", methods_dir: Path | Non
             failed.add((spec.method, spec.seed))
             console.finish(label, f"failed: {detail}", trained=False)
     return outcomes
-
-
-@contextmanager
-def _controller_stderr(folder: Path):
-    """submitit's local controller process inherits this process's stderr, and a Ctrl-C reaches it too: it would
-    print its own KeyboardInterrupt traceback under ours. It writes to ``controller.err`` in the submitit folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    sys.stderr.flush()
-    saved, log = os.dup(2), os.open(folder / "controller.err", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.dup2(log, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(log)
 
 
 def _user_error_of(e: Exception) -> UserError | None:
