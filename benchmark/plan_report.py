@@ -30,14 +30,14 @@ DEFAULT_GPU_MEMORY_GB = 80.0
 GiB = 1024 ** 3
 
 
-def missing_data(scale, data_override: str | None = None) -> list[str]:
+def missing_data(scale, data_override: str | None = None, dataset_root: str | None = None) -> list[str]:
     """Training shards and evaluation dataset folders of the scale that are not on this machine, by name."""
     missing: list[str] = []
     spec = scale.data
-    if spec.dataset_root:
+    root = dataset_root or spec.dataset_root
+    if root:
         from benchmark.evaluation.real_datasets import LAYOUTS
-        missing += [str(Path(spec.dataset_root) / name) for name in LAYOUTS
-                    if not (Path(spec.dataset_root) / name).exists()]
+        missing += [str(Path(root) / name) for name in LAYOUTS if not (Path(root) / name).exists()]
     if spec.kind != "embedded" or data_override:
         import braceexpand
         path = data_override or spec.path
@@ -193,7 +193,7 @@ def format_plan(p: dict) -> str:
 
 
 def main(args, scale, specs: list[RunSpec]) -> int:
-    missing = missing_data(scale, specs[0].data)
+    missing = missing_data(scale, specs[0].data, specs[0].dataset_root)
     if missing:
         msg = f"missing dataset paths ({len(missing)}):\n  " + "\n  ".join(_shown(missing))
         if not args.no_data_check:

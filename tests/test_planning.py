@@ -179,3 +179,10 @@ def test_plan_lists_missing_data_by_name(capsys):
     assert cli.main(["plan", "--scale", "cc12m-b16", "--methods", "clip"]) == 2
     err = capsys.readouterr().err
     assert "/datasets/imagenet1k" in err and "/datasets/cc12m/00000.tar" in err and "--no-data-check" in err
+
+
+def test_plan_checks_the_dataset_root_it_is_given(tmp_path, capsys):
+    from benchmark import cli
+    assert cli.main(["plan", "--scale", "cc12m-b16", "--methods", "clip", "--dataset-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "imagenet1k") in err and "/datasets/imagenet1k" not in err
