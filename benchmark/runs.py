@@ -323,6 +323,7 @@ def write_evals(folder: Path, results: dict, run_meta: dict, compute: dict, mode
                                           "pretrained": pretrained, "task": task,
                                           "language": "en", "metrics": r["metrics"],
                                           "main_metric": r["main_metric"], "chance": r.get("chance"),
+                                          "per_item": r.get("per_item"),      # the report's bootstrap
                                           "notes": r.get("notes", {}), "run": run_meta, "compute": compute})
             summary.setdefault(task, {})[r["dataset"]] = r["metrics"][r["main_metric"]]
     return summary

@@ -105,3 +105,16 @@ def test_zeroshot_retrieval_equals_clip_benchmark(model, smoke_scale):
                              recall_k_list=[1, 5, 10])
     assert ours == pytest.approx(theirs, abs=1e-6)
     assert theirs["text_retrieval_recall@10"] > 0
+
+
+def test_every_family_saves_per_item_scores_whose_mean_is_the_main_metric(model, smoke_scale):
+    """The report's bootstrap over evaluation items resamples these: they must be the main metric's items."""
+    out = suite.evaluate(model, smoke_scale, smoke_scale.eval_suite, "cpu")
+    for task, results in out.items():
+        assert isinstance(results, list), (task, results)
+        for r in results:
+            items = r["per_item"]
+            assert len(items) > 10 and set(items) <= {0.0, 1.0} | set(items if task == "vqa" else []), task
+            assert sum(items) / len(items) == pytest.approx(r["metrics"][r["main_metric"]], abs=1e-6), task
+    s = suite.datasets_for("zeroshot_retrieval", smoke_scale)[0]
+    assert len(out["zeroshot_retrieval"][0]["per_item"]) == sum(len(it["captions"]) for it in s.items)  # per query

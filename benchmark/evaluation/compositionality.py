@@ -7,6 +7,8 @@ per subset, their micro average (every item counts once; the main metric) and ma
 """
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from clip_benchmark.datasets.builder import image_captions_collate_fn
 from clip_benchmark.metrics import image_caption_selection as cb
 
@@ -24,7 +26,7 @@ def evaluate_set(encoder: Encoder, s: EvalSet) -> dict:
     feats = encoder.images(s.name, s.images)
     present = {it["subset"] for it in items}
     subsets = [x for x in s.meta.get("subsets", SUBSETS) if x in present]
-    metrics, counts = {}, {}
+    metrics, counts, per_item = {}, {}, []
     for subset in subsets:
         idx = [i for i, it in enumerate(items) if it["subset"] == subset]
         pairs = [[items[i]["positive"], items[i]["negative"]] for i in idx]     # caption 0 is the true one
@@ -32,9 +34,14 @@ def evaluate_set(encoder: Encoder, s: EvalSet) -> dict:
                         encoder.tokenizer, device="cpu", amp=False)
         metrics[f"text_acc_{subset}"] = r["text_acc"]
         counts[subset] = (round(r["text_acc"] * len(idx)), len(idx))
+        # per item: is the true caption the argmax, as clip_benchmark picks it (the first on a tie)
+        img = F.normalize(feats[idx].flatten(1), dim=-1)
+        pos, neg = (F.normalize(encoder.texts([items[i][k] for i in idx]), dim=-1) for k in ("positive", "negative"))
+        per_item += (torch.stack([(img * pos).sum(1), (img * neg).sum(1)], 1).argmax(1) == 0).float().tolist()
     metrics["text_acc"] = sum(c for c, _ in counts.values()) / sum(n for _, n in counts.values())
     metrics["text_acc_macro"] = sum(metrics[f"text_acc_{x}"] for x in subsets) / len(subsets)
-    return {"dataset": s.name, "metrics": metrics, "main_metric": MAIN_METRIC, "chance": s.meta.get("chance", 0.5),
+    return {"dataset": s.name, "metrics": metrics, "main_metric": MAIN_METRIC, "per_item": per_item,
+            "chance": s.meta.get("chance", 0.5),
             "notes": {"items_per_subset": {k: n for k, (_, n) in counts.items()}}}
 
 

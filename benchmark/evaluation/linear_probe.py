@@ -131,6 +131,11 @@ def split_train_val(n: int, seed: int):
 
 def probe(train_x, train_y, test_x, test_y, seed: int = SEED, device="cpu") -> dict:
     """clip_benchmark's linear-probe metrics of L2-normalised features (see the module docstring)."""
+    return probe_with_items(train_x, train_y, test_x, test_y, seed, device)[0]
+
+
+def probe_with_items(train_x, train_y, test_x, test_y, seed: int = SEED, device="cpu") -> tuple[dict, list[float]]:
+    """``probe``'s metrics and, per test item, whether its top-1 prediction is right (their mean is lp_acc1)."""
     device = torch.device(device)
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), one_cpu_thread(device):   # seeded as clip_benchmark; restored
@@ -151,8 +156,9 @@ def probe(train_x, train_y, test_x, test_y, seed: int = SEED, device="cpu") -> d
         acc1, acc5 = accuracy(logits, test_y.float(), topk=(1, 5))
     else:
         acc1, acc5 = accuracy(logits, test_y.float(), topk=(1,))[0], float("nan")
+    per_item = (logits.topk(1, dim=1).indices[:, 0] == test_y).float().tolist()     # as accuracy() ranks
     return {"lp_acc1": acc1, "lp_acc5": acc5, "lp_mean_per_class_recall": balanced_accuracy_score(test_y, pred),
-            "weight_decay": wd}
+            "weight_decay": wd}, per_item
 
 
 # ---- clip_benchmark's own implementation, on the same features ---------------------------------------------
@@ -205,8 +211,9 @@ def evaluate_set(encoder: Encoder, s: EvalSet) -> dict:
     labels = torch.tensor([it["label"] for it in s.items])
     train = [i for i, it in enumerate(s.items) if it["split"] == "train"]
     test = [i for i, it in enumerate(s.items) if it["split"] == "test"]
-    metrics = probe(feats[train], labels[train], feats[test], labels[test], SEED, encoder.device)
-    return {"dataset": s.name, "metrics": metrics, "main_metric": MAIN_METRIC, "chance": s.meta.get("chance"),
+    metrics, per_item = probe_with_items(feats[train], labels[train], feats[test], labels[test], SEED, encoder.device)
+    return {"dataset": s.name, "metrics": metrics, "main_metric": MAIN_METRIC, "per_item": per_item,
+            "chance": s.meta.get("chance"),
             "notes": {"protocol": "clip_benchmark linear probe", "lr": LR, "epochs": EPOCHS, "batch_size": BATCH_SIZE,
                       "val_proportion": VAL_PROPORTION, "seed": SEED, "n_train": len(train), "n_test": len(test)}}
 

@@ -202,7 +202,7 @@ def evaluate_set(encoder: Encoder, s: EvalSet, seed: int = SEED) -> dict:
     types = [s.items[r[0]].get("answer_type", "") for r in test]
     for t in sorted(set(types) - {""}):
         metrics[f"acc_{t.replace('/', '_')}"] = float(np.mean([a for a, ty in zip(scores, types) if ty == t]))
-    return {"dataset": s.name, "metrics": metrics, "main_metric": MAIN_METRIC, "chance": prior,
+    return {"dataset": s.name, "metrics": metrics, "main_metric": MAIN_METRIC, "chance": prior, "per_item": scores,
             "notes": {"chance": "accuracy of always answering the most frequent training answer",
                       "answers": len(vocab_list), "train_questions": len(kept), "test_questions": len(test),
                       "seed": seed, "hidden": HIDDEN, "steps": training_steps(len(kept)), "batch_size": BATCH_SIZE,

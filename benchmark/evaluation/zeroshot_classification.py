@@ -16,10 +16,17 @@ def evaluate_set(encoder: Encoder, s: EvalSet) -> dict:
     encoder.texts([t.format(c=c) for c in classnames for t in templates])     # one batched text pass
     feats = encoder.images(s.name, s.images)
     targets = torch.tensor([it["label"] for it in s.items])
-    metrics = cb.evaluate(encoder.feature_model(), loader(FeatureDataset(feats, targets, classnames)),
-                          encoder.tokenizer, classnames, templates, device="cpu", amp=False)
-    return {"dataset": s.name, "metrics": metrics, "main_metric": MAIN_METRIC,
-            "chance": s.meta.get("chance"), "notes": {k: v for k, v in s.meta.items() if k in ("colour_only", "classes", "missing_datasets")}}
+    data = loader(FeatureDataset(feats, targets, classnames))
+    metrics = cb.evaluate(encoder.feature_model(), data, encoder.tokenizer, classnames, templates, device="cpu",
+                          amp=False)
+    # per image: is the top-1 class right (clip_benchmark's classifier and logits; their mean is acc1)
+    classifier = cb.zero_shot_classifier(encoder.feature_model(), encoder.tokenizer, classnames, templates, "cpu",
+                                         amp=False)
+    logits, target = cb.run_classification(encoder.feature_model(), classifier, data, "cpu", amp=False)
+    per_item = (logits.topk(1, dim=1).indices[:, 0] == target).float().tolist()
+    return {"dataset": s.name, "metrics": metrics, "main_metric": MAIN_METRIC, "per_item": per_item,
+            "chance": s.meta.get("chance"), "notes": {k: v for k, v in s.meta.items()
+                                                        if k in ("colour_only", "classes", "missing_datasets")}}
 
 
 DATASETS = ("imagenet1k", "cifar10", "cifar100")    # paper scales: ImageNet-1k val, CIFAR test splits
