@@ -237,10 +237,13 @@ def _refuse_before_writing(scale, specs, args) -> None:
     teacher runs a method requires included): a run folder that holds another config or a damaged state file, a
     results or reports folder that cannot be written, and (when the runs train on this machine) training data
     that is missing or corrupt."""
-    from benchmark.runs import check_config, identity
+    from benchmark.runs import check_config, check_siblings, identity
     from benchmark.sweep import with_requirements
+    forced = {(s.method, s.seed) for s in specs if s.force}
     for spec in with_requirements(specs):
         check_config(spec, identity(spec))
+        # another configuration beside the method's seeds would be averaged with them (issue 17)
+        check_siblings(spec, identity(spec), {seed for m, seed in forced if m == spec.method})
     _check_writable(Path(args.results), "--results")
     if getattr(args, "reports", None) and not getattr(args, "no_report", False):
         _check_writable(Path(args.reports), "--reports")

@@ -32,6 +32,14 @@ CSV_COLUMNS = ["scale", "method", "seed", "task", "dataset", "metric", "value", 
                "config_hash", "code_version", "external"]
 
 
+def pool_hash(identity: dict) -> str:
+    """The hash of a run's identity without its seed: runs of one method with the same pool hash are seeds of
+    one configuration (the report averages them); a different one is another configuration, never pooled."""
+    import hashlib
+    rest = {k: v for k, v in identity.items() if k != "seed"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def run_dir(results: Path, scale: str, method: str, seed: int) -> Path:
     return Path(results) / scale / method / f"seed{seed}"
 

@@ -24,7 +24,8 @@ from benchmark.data.train_data import load_training_data
 from benchmark.errors import DamagedFile, RunFailed, RunLocked, UserError, storage_error
 from benchmark.evaluation import suite
 from benchmark.method import Context
-from benchmark.results import code_version, read_state, rebuild_csv, run_dir, write_json
+from benchmark.results import (code_version, pool_hash, read_json, read_state, rebuild_csv, run_dir,
+                               write_json)
 from benchmark.scales import Scale, get_scale
 from benchmark.train import Interrupted, StopFlag, TrainPlan, train
 
@@ -126,6 +127,41 @@ def check_config(spec: RunSpec, ident: dict) -> None:
                               "from its last checkpoint")
 
 
+def check_siblings(spec: RunSpec, ident: dict, replaced: set[int] = frozenset()) -> None:
+    """Refuse a run whose configuration (all but the seed) differs from that of the method's other seeds in the
+    same results folder: the report would average two configurations as if they were seeds. ``replaced``: seeds
+    this command discards with --force (they no longer count)."""
+    mine = pool_hash(ident)
+    for path in sorted(spec.dir.parent.glob("seed*/config.json")):
+        seed = path.parent.name[4:]
+        if not seed.isdigit() or int(seed) == spec.seed or int(seed) in replaced or \
+                not _trained_anything(path.parent):
+            continue                                # an untrained record holds nothing to mix
+        try:
+            old = read_json(path).get("identity", {})
+        except (OSError, ValueError):
+            continue                                # a damaged record is named by status/report
+        if not isinstance(old, dict) or "method" not in old or pool_hash(old) == mine:
+            continue
+        changed = [k for k in sorted(set(old) | set(ident)) if k != "seed" and
+                   json.dumps(old.get(k), sort_keys=True, default=str) != json.dumps(ident.get(k), sort_keys=True,
+                                                                                     default=str)]
+        detail = "; ".join(_config_difference(old.get(k), ident.get(k), k) for k in changed)
+        raise UserError(
+            f"{spec.dir.parent} already holds {spec.method} seed {seed} with another configuration ({detail}); "
+            f"seed {spec.seed} with this one would be averaged with it as if they were seeds of one configuration. "
+            "Keep them apart: pass another --results folder for this configuration, or make it a named variant "
+            "of the method (its own row in the report)")
+
+
+def _config_difference(old, new, key: str) -> str:
+    """'method_config.mask_ratio: 0.5 there, 0.75 here' for the keys that differ (nested one level)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        return ", ".join(f"{key}.{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in keys[:6])
+    return f"{key}: {old!r} there, {new!r} here"
+
+
 def device_for_run() -> torch.device:
     if not torch.cuda.is_available():
         return torch.device("cpu")
@@ -144,6 +180,8 @@ def _prepare(spec: RunSpec, ident: dict) -> dict | None:
     """Rank 0, holding the run lock: refuse a foreign config, apply --force, return the metrics of a finished run
     (nothing to do) or record the config and return None (train)."""
     check_config(spec, ident)
+    if not spec.force:
+        check_siblings(spec, ident)
     if spec.force:
         discard_outputs(spec.dir)
     metrics_path = spec.dir / "metrics.json"
@@ -277,7 +315,7 @@ def _train_and_evaluate(spec: RunSpec, scale, ident: dict, progress_bar: bool,
     compute.update(getattr(method, "extra_compute", lambda: {})())
     checkpoint.atomic_torch_save(method.export(), spec.dir / "model.pt")
     metrics = {"method": spec.method, "seed": spec.seed, "scale": spec.scale, "config_hash": config_hash(ident),
-               "compute": compute, "history": state.history, "stats": method.stats()}
+               "compute": compute, "history": state.history, "stats": method.stats(), "machine": machine(device)}
     metrics["evals"] = evaluate_run(spec, scale, ident, compute, device)
     if tracker is not None:
         tracker.log_final(metrics["evals"], steps)
@@ -285,6 +323,12 @@ def _train_and_evaluate(spec: RunSpec, scale, ident: dict, progress_bar: bool,
     write_json(spec.dir / "metrics.json", metrics)
     rebuild_csv(Path(spec.results), spec.scale)
     return metrics
+
+
+def machine(device) -> dict:
+    """Where a run trained (the report's header states it): CPU cores, torch threads, device."""
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
 def load_exported(spec: RunSpec, scale, device) -> open_clip.CLIP:

@@ -11,15 +11,17 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from benchmark.checkpoint import checkpoints
 from benchmark.errors import UserError
-from benchmark.results import CSV_COLUMNS
+from benchmark.results import CSV_COLUMNS, pool_hash
 
 ISSUE_COLUMNS = ["method", "seed", "task", "status", "detail"]
 RUN_COLUMNS = ["method", "seed", "status", "detail", "steps", "samples_seen", "train_flops", "flops_per_step",
-               "wall_time_s", "images_per_s", "mask_ratio", "match", "config_hash", "code_version"]
+               "wall_time_s", "images_per_s", "mask_ratio", "match", "config_hash", "code_version",
+               "required_flops", "total_flops", "builds_on", "pool_hash", "machine", "eval_time_s"]
 
 
 @dataclass
@@ -34,6 +36,11 @@ class Results:
     methods: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     external: list[str] = field(default_factory=list)   # rows of checkpoints maskbench did not train
+    # per (method, seed, task): one array of per-item main-metric scores per dataset (sorted by dataset name),
+    # present only when every dataset of that run and task saved them (evals/<task>.json "per_item")
+    items: dict = field(default_factory=dict)
+    levels: pd.DataFrame = field(default_factory=pd.DataFrame)   # reference levels besides chance (colour only)
+    losses: pd.DataFrame = field(default_factory=pd.DataFrame)   # training loss per logged step, with FLOPs
 
     @property
     def main(self) -> pd.DataFrame:
@@ -91,6 +98,78 @@ def realised_mask_ratio(run: Path, metrics: dict) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def required_compute(compute: dict) -> tuple[float | None, str]:
+    """(FLOPs of the runs this one needs, what it builds on). A method that starts from another run reports that
+    run's training in ``metrics.json`` compute as ``<what>_pretraining_flops`` beside ``<what>_run`` (UTA's
+    teacher, methods/uta/method.py ``extra_compute``); an external checkpoint's cost is unknown (None)."""
+    flops, parts = 0.0, []
+    for key in sorted(compute):
+        if not key.endswith("_pretraining_flops"):
+            continue
+        what = key[: -len("_pretraining_flops")]
+        value, run, ckpt = compute[key], compute.get(f"{what}_run"), compute.get(f"{what}_checkpoint")
+        if isinstance(value, (int, float)):
+            flops += float(value)
+            parts.append(f"{what}: {Path(run).parent.name + '/' + Path(run).name if run else 'a run'}")
+        else:
+            parts.append(f"{what}: external checkpoint {Path(ckpt).name if ckpt else ''} (cost unknown)".strip())
+            flops = float("nan")
+    return (flops if parts else 0.0), "; ".join(parts)
+
+
+def _per_item(run: Path) -> dict:
+    """{(task, dataset): per-item scores} of one run, kept only where their mean is the recorded main metric."""
+    out = {}
+    for ev in sorted((run / "evals").glob("*.json")):
+        r = _read_json(ev)
+        items, main = r.get("per_item"), r.get("main_metric")
+        if not isinstance(items, list) or not items or main is None:
+            continue
+        value = (r.get("metrics") or {}).get(main)
+        if isinstance(value, (int, float)) and abs(sum(items) / len(items) - value) <= 1e-6:
+            out[(r.get("task"), r.get("dataset"))] = np.asarray(items, dtype=float)
+    return out
+
+
+def _levels(run: Path) -> list[dict]:
+    """Reference levels an evaluation set records besides chance (zero-shot: knowing colour but not shape)."""
+    out = []
+    for ev in sorted((run / "evals").glob("*.json")):
+        r = _read_json(ev)
+        for name, value in (r.get("notes") or {}).items():
+            if name == "colour_only" and isinstance(value, (int, float)):
+                out.append({"task": r.get("task"), "dataset": r.get("dataset"), "level": "colour only",
+                            "value": float(value)})
+    return out
+
+
+def _losses(run: Path, method: str, seed: int, flops_per_step) -> list[dict]:
+    out = []
+    log = run / "train.jsonl"
+    if not log.exists() or not isinstance(flops_per_step, (int, float)):
+        return out
+    for line in log.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("type") != "eval" and isinstance(row.get("loss"), (int, float)) and "step" in row:
+            out.append({"method": method, "seed": seed, "step": row["step"], "loss": float(row["loss"]),
+                        "train_flops": float(row["step"]) * flops_per_step})
+    return out
+
+
+def check_pooling(runs: pd.DataFrame, root: Path) -> None:
+    """The report averages a method's seeds only when they are seeds of one configuration."""
+    for method, g in runs.dropna(subset=["pool_hash"]).groupby("method"):
+        if g["pool_hash"].nunique() > 1:
+            groups = "; ".join(f"{h}: seeds {', '.join(str(int(s)) for s in sorted(gg['seed']))}"
+                               for h, gg in g.groupby("pool_hash"))
+            raise UserError(f"{root / method} holds runs of {method} with different configurations (config hash "
+                            f"without the seed: {groups}); the report never averages them. Move one "
+                            "configuration's seeds to another --results folder, or rerun it as a named variant")
+
+
 def _run_state(run: Path) -> tuple[str, str, dict]:
     """(status, detail, metrics) of one run folder: done, failed, or incomplete (still going or interrupted)."""
     metrics_path, error_path = run / "metrics.json", run / "error.json"
@@ -128,7 +207,8 @@ def load(results: Path, scale: str) -> Results:
     rows["main"] = rows["main"].astype(str).str.lower().eq("true")
     rows["seed"] = rows["seed"].astype(int)
 
-    run_rows, issues, history = [], [], []
+    run_rows, issues, history, levels, losses = [], [], [], [], []
+    per_item: dict = {}
     task_errors: dict[tuple[str, int, str], str] = {}
     folders = sorted(p for p in root.glob("*/seed*") if p.is_dir() and p.name[4:].isdigit())
     external = sorted(set(rows.loc[rows["external"], "method"]))
@@ -140,7 +220,14 @@ def load(results: Path, scale: str) -> Results:
         method = external_label(method) if method in external else method
         comp = metrics.get("compute", {})
         cfg = _read_json(run / "config.json") if (run / "config.json").exists() else {}
+        required, builds_on = required_compute(comp)
+        ident = cfg.get("identity")
         run_rows.append({"method": method, "seed": seed, "status": status, "detail": detail,
+                         "required_flops": required if comp else None, "builds_on": builds_on,
+                         "total_flops": (comp["train_flops"] + required) if comp.get("train_flops") else None,
+                         "pool_hash": pool_hash(ident) if isinstance(ident, dict) and "method" in ident else None,
+                         "machine": metrics.get("machine"),
+                         "eval_time_s": (metrics.get("evals") or {}).get("eval_time_s"),
                          **{k: comp.get(k) for k in ("steps", "samples_seen", "train_flops", "flops_per_step",
                                                      "wall_time_s", "images_per_s")},
                          "mask_ratio": realised_mask_ratio(run, metrics) if status == "done" else None,
@@ -157,6 +244,10 @@ def load(results: Path, scale: str) -> Results:
                 task_errors[(method, seed, task)] = str(r["error"]).splitlines()[0]
         for point in metrics.get("history", []):
             history.append({"method": method, "seed": seed, "final": False, **point})
+        for (task, dataset), arr in _per_item(run).items():
+            per_item.setdefault((method, seed, task), {})[dataset] = arr
+        levels += _levels(run)
+        losses += _losses(run, method, seed, comp.get("flops_per_step"))
 
     if not folders and rows.empty:
         raise UserError(f"{root} holds no runs; train first with `python -m benchmark run --scale {scale}`, "
@@ -164,6 +255,7 @@ def load(results: Path, scale: str) -> Results:
     runs = pd.DataFrame(run_rows, columns=RUN_COLUMNS)
     # an external checkpoint (`eval --checkpoint`) is its own row, marked as such in every table and plot
     rows["method"] = [external_label(m) if m in external else m for m in rows["method"]]
+    check_pooling(runs, root)
     tasks = list(dict.fromkeys(_expected_tasks(scale) + sorted(set(rows["task"])) +
                                sorted({t for _, _, t in task_errors})))
     done = runs[runs["status"] == "done"]
@@ -198,8 +290,18 @@ def load(results: Path, scale: str) -> Results:
     final = _final_points(rows, done, hist)
     hist = pd.concat([hist, final], ignore_index=True) if not final.empty else hist
     issues_df = pd.DataFrame(issues, columns=ISSUE_COLUMNS)
+    # per-item arrays only where every dataset of the (run, task) in results.csv saved them
+    items = {}
+    for (method, seed, task), by_dataset in per_item.items():
+        names = sorted(set(rows.loc[(rows["method"] == method) & (rows["seed"] == seed) & (rows["task"] == task)
+                                    & rows["main"], "dataset"]))
+        if names and set(names) <= set(by_dataset):
+            items[(method, seed, task)] = [by_dataset[d] for d in names]
     return Results(scale=scale, root=root, rows=rows, runs=runs, issues=issues_df, history=hist,
-                   tasks=tasks, methods=methods, seeds=seeds, external=[external_label(m) for m in external])
+                   tasks=tasks, methods=methods, seeds=seeds, external=[external_label(m) for m in external],
+                   items=items,
+                   levels=pd.DataFrame(levels, columns=["task", "dataset", "level", "value"]).drop_duplicates(),
+                   losses=pd.DataFrame(losses, columns=["method", "seed", "step", "loss", "train_flops"]))
 
 
 def external_label(name: str) -> str:

@@ -56,33 +56,44 @@ def _runs_table(res: Results) -> str:
     runs["status"] = [s if s == "done" else f'<span class="issue">{html.escape(s)}</span>' for s in runs["status"]]
     runs["detail"] = [html.escape(str(d)) for d in runs["detail"]]
     runs["code_version"] = [html.escape(str(c)[:12]) if pd.notna(c) else "" for c in runs["code_version"]]
-    return _table(runs.drop(columns=["match"]).fillna(""), escaped=True)
+    for col in ("required_flops", "total_flops"):
+        runs[col] = [f"{v:.3g}" if pd.notna(v) else "" for v in pd.to_numeric(runs[col], errors="coerce")]
+    runs["builds_on"] = [html.escape(str(b)) if b else "" for b in runs["builds_on"]]
+    keep = [c for c in runs.columns if c not in ("match", "machine", "pool_hash", "eval_time_s")]
+    return _table(runs[keep].fillna(""), escaped=True)
 
 
 def render(res: Results, summary: pd.DataFrame, figures: list[Figure],
-           papers: list[paper_tables.PaperReport]) -> str:
+           papers: list[paper_tables.PaperReport], header: list[str] = ()) -> str:
     issues = tables.issues_frame(res)
     disp = tables.display_frame(summary, bold=lambda s: f"<strong>{s}</strong>", escape=html.escape,
                                 issue=lambda s: f'<span class="issue">{s}</span>')
-    versions = sorted({str(v)[:12] for v in res.runs["code_version"].dropna()})
-    body = [f"<h1>maskbench report: scale <code>{html.escape(res.scale)}</code></h1>",
-            f'<p class="meta">{len(res.methods)} method(s): {html.escape(", ".join(res.methods))}; '
-            f'seeds {html.escape(", ".join(map(str, res.seeds)))}; results from <code>{html.escape(str(res.root))}'
-            f'</code>; code version {html.escape(", ".join(versions) or "unknown")}. '
-            f'{inline(paper_tables.scale_description(res.scale))}.</p>',
-            '<nav><a href="#summary">Summary</a><a href="#incomplete">Incomplete results</a>'
-            '<a href="#figures">Figures</a><a href="#papers">Paper tables</a><a href="#runs">Runs</a></nav>']
+    body = [f"<h1>maskbench report: scale <code>{html.escape(res.scale)}</code></h1>"]
+    body += [f'<div class="warn">{inline(w)}</div>' for w in tables.warnings(res, summary)]
+    body += ['<ul class="meta">' + "".join(f"<li>{inline(h)}</li>" for h in header) + "</ul>",
+             f'<p class="meta">{len(res.methods)} method(s): {html.escape(", ".join(res.methods))}; '
+             f'seeds {html.escape(", ".join(map(str, res.seeds)))}; results from <code>{html.escape(str(res.root))}'
+             f'</code>. {inline(paper_tables.scale_description(res.scale))}.</p>',
+             '<nav><a href="#summary">Summary</a><a href="#delta">Δ vs CLIP</a><a href="#incomplete">Incomplete '
+             'results</a><a href="#figures">Figures</a><a href="#papers">Paper tables</a><a href="#runs">Runs</a>'
+             '</nav>']
     if issues.empty:
         body.append('<div class="ok">Every run finished and every task has a result.</div>')
     else:
         body.append(f'<div class="warn"><strong>Incomplete results:</strong> {len(issues)} (run, task) '
                     f'entr{"y" if len(issues) == 1 else "ies"} have no number; they are marked '
                     f'<span class="issue">in red</span> and listed <a href="#incomplete">below</a>.</div>')
-    body += ['<h2 id="summary">Summary</h2>', _table(disp, escaped=True),
+    body += [f'<h2 id="summary">{inline(tables.title(res))}</h2>', _table(disp, escaped=True),
              "<ul>" + "".join(f"<li>{inline(n)}</li>" for n in tables.notes(res, summary)) + "</ul>",
              '<p class="meta">Also as <a href="summary.md">Markdown</a>, <a href="summary.tex">LaTeX</a>, '
-             '<a href="summary.csv">CSV</a>.</p>',
-             '<h2 id="incomplete">Incomplete results</h2>']
+             '<a href="summary.csv">CSV</a> (every bound as a column).</p>']
+    deltas = tables.delta_frame(summary, escape=html.escape)
+    if not deltas.empty and tables.BASELINE in res.methods:
+        body += [f'<h2 id="delta">Difference to CLIP, paired by seed ({inline(tables.match_mode(res))})</h2>',
+                 _table(deltas, escaped=True),
+                 "<p>Each cell: mean over seeds of (method − CLIP on the same seed) [95 % t interval] (n = paired "
+                 "seeds); with n = 1, the paired bootstrap over the evaluation items both models answered.</p>"]
+    body.append('<h2 id="incomplete">Incomplete results</h2>')
     body.append("<p>None.</p>" if issues.empty else _table(issues.astype(str)))
     body.append('<h2 id="figures">Figures</h2>')
     body += [_img(f) for f in figures]

@@ -1,10 +1,12 @@
 """Each paper's tables in the paper's own layout (rows and columns as published, from ``paper.yaml``), with our
 numbers beside the published ones.
 
-Where our scale is the paper's (same data and model, e.g. ``cc12m-b16`` for a CC12M ViT-B/16 column) the
-difference ours − paper is the reproduction gap. Elsewhere (always at ``pocket``) absolute numbers are not
-comparable, so a table compares what is: each row's difference from the CLIP baseline (the paper's Δ vs its
-CLIP row beside our Δ vs our CLIP run, paired by seed) and the ranking of the methods.
+Where our scale is the paper's (same data and model, e.g. ``cc12m-b16`` for a CC12M ViT-B/16 column) our
+number stands beside the paper's, and ours − paper is the reproduction gap when the runs followed the papers'
+protocol (``--match samples``). Elsewhere (always at ``pocket``) no number of ours goes under the paper's
+columns: a table compares what is comparable, each row's difference from the CLIP baseline (the paper's Δ vs its
+CLIP row beside our Δ vs our CLIP run, paired by seed, with its 95 % interval), whether the signs agree, and the
+ranking of the methods.
 
 A column or table may name the scales it is comparable with (``scale: cc12m-b16`` or a list); without it the
 paper's ``setting`` and column name are matched against the scale's dataset and model (``cc12m``, ``b16``).
@@ -21,6 +23,7 @@ import yaml
 
 from benchmark.errors import UserError
 from benchmark.report.collect import Results
+from benchmark.report import stats
 from benchmark.report.tables import issue_text
 
 PAPER_KEYS = ("title", "authors", "venue", "url", "code")
@@ -186,12 +189,26 @@ def _published(x) -> str:
     return "" if x is None else str(x)
 
 
-def _mean_sd(values: pd.Series, sign: bool = False) -> str:
-    if len(values) == 0:
+def _est_text(est: stats.Estimate, sign: bool = False) -> str:
+    """'48.0 [23.0, 73.0] (n=2)'; '+6.0 (n=1; items [1.0, 11.0])'; '' without a value."""
+    if est.n == 0 or np.isnan(est.mean):
         return ""
-    if len(values) == 1:
-        return f"{_fmt(values.iloc[0], sign)} (n=1)"
-    return f"{_fmt(values.mean(), sign)} ± {values.std():.1f} (n={len(values)})"
+    ci = "" if np.isnan(est.low) else f"[{_fmt(est.low, sign)}, {_fmt(est.high, sign)}]"
+    if est.n == 1:
+        return f"{_fmt(est.mean, sign)} (n=1{'; items ' + ci if ci else ''})"
+    return f"{_fmt(est.mean, sign)} {ci} (n={est.n})"
+
+
+def our_items(res: Results, method: str, ours: dict) -> dict[int, list[np.ndarray]]:
+    """Per seed, the per-item scores behind ``our_scores`` (in %), when the column is the task's main metric
+    over all its datasets; empty otherwise (no bootstrap then)."""
+    if ours.get("dataset"):
+        return {}
+    main = res.main[res.main["task"] == ours["task"]]
+    if main.empty or set(main["metric"]) != {ours["metric"]}:
+        return {}
+    return {seed: [a * 100 for a in arrays] for (m, seed, task), arrays in res.items.items()
+            if m == method and task == ours["task"]}
 
 
 def _missing_text(res: Results, method: str, task: str) -> str:
@@ -202,9 +219,30 @@ def _missing_text(res: Results, method: str, task: str) -> str:
     return issue_text(issues) or "no result"
 
 
+def _sign_agreement(paper_delta: float, ours: stats.Estimate) -> str:
+    """Whether our Δ vs CLIP has the paper's sign: yes / no where our interval over seeds excludes 0."""
+    if ours.n == 0 or np.isnan(ours.mean) or paper_delta is None or np.isnan(paper_delta):
+        return ""
+    same = np.sign(ours.mean) == np.sign(paper_delta)
+    if ours.n < 2:
+        return f"{'same' if same else 'opposite'} sign (n=1: not a finding)"
+    if not ours.excludes_zero:
+        return "undecided (our interval includes 0)"
+    return "yes" if same else "no"
+
+
+def _match(res: Results) -> str:
+    modes = sorted(set(res.runs["match"].dropna()))
+    return "/".join(modes) or "unknown"
+
+
 # ---- one table --------------------------------------------------------------------------------------------
 
 def build_table(res: Results, table: dict) -> PaperTable:
+    """One published table, ours beside it. At the paper's scale (same data and model): our number and ours −
+    paper (a reproduction gap only under ``--match samples``). Elsewhere no number of ours under the paper's
+    columns: the paper's Δ vs its CLIP row beside our Δ vs our CLIP (paired by seed, with its interval) and
+    whether the signs agree."""
     columns, rows = table["columns"], table["rows"]
     baseline = {}        # column name -> the paper's CLIP row (first row of method clip with a value)
     for c in columns:
@@ -214,81 +252,77 @@ def build_table(res: Results, table: dict) -> PaperTable:
                 break
     others = any(r.get("method") not in (None, "clip") for r in rows)
     clip_ours = {c["name"]: our_scores(res, "clip", c["ours"]) for c in columns if c.get("ours")}
+    clip_items = {c["name"]: our_items(res, "clip", c["ours"]) for c in columns if c.get("ours")}
+    match = _match(res)
 
     disp, nums = [], []
     for r in rows:
         values = r.get("values") or {}
-        d, n = {"row (as published)": r["name"], "our method": r.get("method") or "—"}, {"row": r["name"]}
+        method = r.get("method")
+        d, n = {"row (as published)": r["name"], "our method": method or "—"}, {"row": r["name"]}
         for c in columns:
             name, paper = c["name"], values.get(c["name"])
-            if not c.get("ours"):
-                d[name] = _published(paper)
-                n[f"{name} paper"] = paper
-                continue
-            d[f"{name}: paper"] = _published(paper)
+            d[f"{name}: paper" if c.get("ours") else name] = _published(paper)
             n[f"{name} paper"] = paper
-            ours = our_scores(res, r["method"], c["ours"]) if r.get("method") else pd.Series(dtype=float)
-            if not r.get("method"):
-                d[f"{name}: ours"] = "—"
-            else:
-                d[f"{name}: ours"] = _mean_sd(ours) or _missing_text(res, r["method"], c["ours"]["task"])
-            n[f"{name} ours"] = ours.mean() if len(ours) else np.nan
-            n[f"{name} ours std"] = ours.std() if len(ours) > 1 else np.nan
-            n[f"{name} ours n"] = len(ours)
+            if not c.get("ours"):
+                continue
+            ours = our_scores(res, method, c["ours"]) if method else pd.Series(dtype=float)
+            est = stats.over_seeds(list(ours))
+            n.update({f"{name} ours": est.mean, f"{name} ours n": est.n, f"{name} ours low": est.low,
+                      f"{name} ours high": est.high})
             if comparable(res.scale, table, c):
-                gap = n[f"{name} ours"] - paper if paper is not None and len(ours) else np.nan
+                d[f"{name}: ours"] = "—" if not method else \
+                    (_est_text(est) or _missing_text(res, method, c["ours"]["task"]))
+                gap = est.mean - paper if paper is not None and est.n else np.nan
                 d[f"{name}: ours − paper"] = "" if np.isnan(gap) else _fmt(gap, sign=True)
                 n[f"{name} ours - paper"] = gap
             if others and name in baseline:
                 base = baseline[name]["values"][name]
                 pd_delta = paper - base if paper is not None else np.nan
+                paired = stats.Estimate(np.nan, 0)
+                if method and len(ours) and len(clip_ours[name]):
+                    paired = stats.paired_difference(ours.to_dict(), clip_ours[name].to_dict(),
+                                                     our_items(res, method, c["ours"]), clip_items[name])
                 d[f"{name}: paper Δ vs CLIP"] = "" if np.isnan(pd_delta) else _fmt(pd_delta, sign=True)
-                n[f"{name} paper delta"] = pd_delta
-                clip = clip_ours[name]
-                paired = (ours - clip).dropna() if len(ours) and len(clip) else pd.Series(dtype=float)
-                d[f"{name}: ours Δ vs CLIP"] = _mean_sd(paired, sign=True) if r.get("method") else "—"
+                if not method:
+                    d[f"{name}: ours Δ vs CLIP"] = "—"
+                elif paired.n == 0:
+                    d[f"{name}: ours Δ vs CLIP"] = "no CLIP run" if len(ours) else \
+                        _missing_text(res, method, c["ours"]["task"])
+                else:
+                    d[f"{name}: ours Δ vs CLIP"] = _est_text(paired, sign=True)
+                d[f"{name}: signs agree"] = _sign_agreement(pd_delta, paired) if method else ""
                 if r is baseline[name]:
                     d[f"{name}: paper Δ vs CLIP"] = d[f"{name}: ours Δ vs CLIP"] = "baseline"
-                n[f"{name} ours delta"] = paired.mean() if len(paired) else np.nan
-                n[f"{name} ours delta std"] = paired.std() if len(paired) > 1 else np.nan
+                    d[f"{name}: signs agree"] = ""
+                n.update({f"{name} paper delta": pd_delta, f"{name} ours delta": paired.mean,
+                          f"{name} ours delta low": paired.low, f"{name} ours delta high": paired.high,
+                          f"{name} ours delta n": paired.n})
         disp.append(d)
         nums.append(n)
 
-    caption = [f"**{table['title']}**. Published numbers: {table['source']} (tag {table['status']}).",
-               f"Paper's setting: {table['setting']}. Ours: {scale_description(res.scale)}; "
-               f"seeds {', '.join(map(str, res.seeds))}; ours = mean ± sample std over seeds, in %."]
     with_ours = [c for c in columns if c.get("ours")]
     same = [c["name"] for c in with_ours if comparable(res.scale, table, c)]
     differ = [c["name"] for c in with_ours if not comparable(res.scale, table, c)]
-    if differ and others:
-        caption.append(f"**Our scale ({res.scale}) differs from the paper's** for {_names(differ)}: absolute "
-                       "numbers are not comparable. Compare the difference from the CLIP baseline "
-                       "(paper: each row minus its CLIP row; ours: each method minus our CLIP run, paired by "
-                       "seed) and the ranking below.")
-    elif differ:
-        caption.append(f"**Our scale ({res.scale}) differs from the paper's** for {_names(differ)}: absolute "
-                       "numbers are not comparable, and this table has no other method to compare with CLIP; "
-                       "our CLIP is shown for reference.")
+    caption = [f"**{table['title']}**; ours matched on {match} (`--match {match}`). Published: {table['source']}; "
+               f"paper's setting: {table['setting']}."]
+    if differ:
+        caption.append(f"Our scale (`{res.scale}`) differs from the paper's for {_names(differ)}: "
+                       + ("only differences to CLIP are compared (ours: paired by seed, 95 % interval)."
+                          if others else "none of our numbers is comparable with these columns."))
     if same:
-        caption.append(f"Our scale matches the paper's data and model for {_names(same)}: "
-                       "`ours − paper` is the reproduction gap.")
-    measured: dict[str, list[str]] = {}          # what "ours" is -> the columns it fills
-    for c in with_ours:
-        o = c["ours"]
-        datasets = sorted(set(res.rows.loc[(res.rows["task"] == o["task"]) & (res.rows["metric"] == o["metric"]),
-                                           "dataset"]))
-        if o.get("dataset"):
-            datasets = [d for d in datasets if d == o["dataset"] or d.endswith("/" + str(o["dataset"]))]
-        what = (f"`{o['task']}` {o['metric']} on {', '.join(f'`{d}`' for d in datasets) or 'no dataset yet'}"
-                f"{' (mean over datasets)' if len(datasets) > 1 else ''}")
-        measured.setdefault(what, []).append(c["name"])
-    for what, names in measured.items():
-        caption.append(f"Ours in {_names(names)}: {what}.")
-    if others and baseline:
-        named = sorted({r["name"] for r in baseline.values()})
-        caption.append(f"Paper's CLIP row for Δ: {', '.join(repr(n) for n in named)}.")
+        caption.append(f"Our scale matches the paper's for {_names(same)}: "
+                       + ("`ours − paper` is the reproduction gap (`--match samples`, the papers' protocol)."
+                          if match == "samples" else "`ours − paper` is not a reproduction gap: under `--match "
+                                                     "flops` each method trains for other steps than the paper."))
 
     notes = []
+    if differ and not others:
+        c = next(c for c in with_ours if c["name"] in differ)
+        est = stats.over_seeds(list(clip_ours[c["name"]]))
+        if est.n:
+            notes.append(f"For reference only, our CLIP's `{c['ours']['task']}` {c['ours']['metric']}: "
+                         f"{_est_text(est)}.")
     no_ours = [c["name"] for c in columns if not c.get("ours")]
     if no_ours:
         notes.append(f"No counterpart in our suite for {_names(no_ours)}: published numbers only.")
@@ -308,18 +342,20 @@ def _names(names: list[str]) -> str:
 def ranking(res: Results, rows: list[dict], column: dict) -> str:
     """The order of our methods by the paper's numbers and by ours on one column, and whether they agree."""
     name = column["name"]
-    paper, ours = {}, {}
+    paper, ours, seeds = {}, {}, {}
     for r in rows:
         m, v = r.get("method"), (r.get("values") or {}).get(name)
         if m and v is not None and m not in paper:
             scores = our_scores(res, m, column["ours"])
             if len(scores):
-                paper[m], ours[m] = v, scores.mean()
+                paper[m], ours[m], seeds[m] = v, scores.mean(), len(scores)
     if len(paper) < 2:
         return ""
     by_paper, by_ours = _order(paper), _order(ours)
     verdict = "same order" if by_paper == by_ours else "order differs"
-    return f"Ranking on {name!r}: paper {by_paper}; ours {by_ours} ({verdict})."
+    few = min(seeds.values())
+    caveat = "; n=1: a single seed's order, not a finding" if few < 2 else f"; means over ≥{few} seeds"
+    return f"Ranking on {name!r} (by mean): paper {by_paper}; ours {by_ours} ({verdict}{caveat})."
 
 
 def _order(scores: dict[str, float], tol: float = 1e-6) -> str:
@@ -344,9 +380,10 @@ def build_paper(res: Results, method: str, methods_dir: Path) -> PaperReport:
     return PaperReport(method, raw["paper"], [build_table(res, t) for t in raw["tables"]])
 
 
-def to_markdown(res: Results, report: PaperReport) -> str:
+def to_markdown(res: Results, report: PaperReport, header: list[str] = ()) -> str:
     p = report.paper
     out = [f"# {report.method}: {p.get('title', 'paper tables')}", ""]
+    out += [f"- {h}" for h in header] + ([""] if header else [])
     if report.error:
         return "\n".join(out + [f"**paper.yaml unavailable**: {report.error}", ""])
     out += [f"{p['authors']}. *{p['title']}*. {p['venue']}. {p['url']}  ", f"Code: {p['code']}", "",

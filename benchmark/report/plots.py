@@ -1,5 +1,5 @@
-"""Figures (seaborn, PNG): per-task bars with error bars over seeds, zero-shot accuracy against training FLOPs,
-and training throughput against the realised mask ratio. One colour and one marker per method throughout,
+"""Figures (seaborn, PNG): per-task bars with error bars over seeds, zero-shot accuracy and training loss against
+training FLOPs (bands over seeds), and training throughput against the realised mask ratio. One colour and one marker per method throughout,
 from seaborn's colour-blind-safe palette."""
 from __future__ import annotations
 
@@ -71,9 +71,15 @@ def task_bars(res: Results, out: Path) -> Figure:
                     palette=colours, errorbar="sd", capsize=0.25, err_kws={"linewidth": 1.4}, legend=False, ax=ax)
         sns.stripplot(data=data, x="method", y="value", order=order, color="black", size=4, jitter=0.12,
                       ax=ax)
+        lines, labels = [], []
         if info.chance is not None:
-            line = ax.axhline(info.chance, color="0.35", linestyle="--", linewidth=1.2)
-            ax.legend([line], [f"chance {info.chance:.1f}"], loc="best", fontsize=8, frameon=True)
+            lines.append(ax.axhline(info.chance, color="0.35", linestyle="--", linewidth=1.2))
+            labels.append(f"chance {info.chance:.1f}")
+        for name, value in reference_levels(res, task, info.percent):
+            lines.append(ax.axhline(value, color="#b8860b", linestyle=":", linewidth=1.4))
+            labels.append(f"{name} {value:.1f}")
+        if lines:
+            ax.legend(lines, labels, loc="best", fontsize=8, frameon=True)
         ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1.0) * 1.12)   # room for the legend
         ax.set_xlabel("")
         ax.set_ylabel(ylabel)
@@ -86,6 +92,13 @@ def task_bars(res: Results, out: Path) -> Figure:
     return Figure(path, "Main metric per task",
                   "One panel per task: bar = mean over seeds, error bar = ±1 sample standard deviation, dots = "
                   "seeds, dashed line = chance. Tasks with several datasets average them per run.")
+
+
+def reference_levels(res: Results, task: str, percent: bool = True) -> list[tuple[str, float]]:
+    """Levels besides chance an evaluation set records for ``task`` (zero-shot: colour known, shape not)."""
+    lv = res.levels[res.levels["task"] == task] if not res.levels.empty else res.levels
+    return [(name, float(g["value"].mean()) * (100 if percent else 1)) for name, g in lv.groupby("level")] \
+        if len(lv) else []
 
 
 def _wrap(text: str, width: int = 38) -> str:
@@ -115,6 +128,8 @@ def accuracy_vs_flops(res: Results, out: Path) -> Figure:
         if len(chance):
             ax.axhline(chance.iloc[0] * 100, color="0.35", linestyle="--", linewidth=1.2,
                        label=f"chance {chance.iloc[0] * 100:.1f}")
+        for name, value in reference_levels(res, "zeroshot_classification"):
+            ax.axhline(value, color="#b8860b", linestyle=":", linewidth=1.4, label=f"{name} {value:.1f}")
         ax.legend(title="method", fontsize=9)
         ax.set_ylim(bottom=0)
     ax.set_xlabel("training FLOPs (forward + backward, measured)")
@@ -126,8 +141,36 @@ def accuracy_vs_flops(res: Results, out: Path) -> Figure:
     _save(fig, path)
     return Figure(path, "Zero-shot accuracy against training FLOPs",
                   "Periodic zero-shot evaluations recorded during training (metrics.json `history`) and the "
-                  "final model's score, at the training FLOPs spent so far. Matched compute: every curve ends "
-                  "at about the same budget.")
+                  "final model's score, at the training FLOPs spent so far; band: ±1 sd over seeds. Dashed: "
+                  "chance; dotted: the colour-only level (right colour, any shape): a curve at or below it has "
+                  "not learnt shape. Matched compute: every curve ends at about the same budget.")
+
+
+def loss_vs_flops(res: Results, out: Path) -> Figure:
+    """The training loss of each method (train.jsonl) against the training FLOPs spent, band over seeds."""
+    losses = res.losses
+    colours = palette(res.methods)
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    if losses.empty:
+        ax.text(0.5, 0.5, "no training loss logged yet", ha="center", va="center", transform=ax.transAxes,
+                color="#a00")
+    else:
+        order = [m for m in res.methods if m in set(losses["method"])]
+        sns.lineplot(data=losses.sort_values("train_flops"), x="train_flops", y="loss", hue="method",
+                     hue_order=order, palette=colours, errorbar="sd", err_style="band", linewidth=1.3, ax=ax)
+        ax.legend(title="method", fontsize=9)
+    ax.set_xlabel("training FLOPs (forward + backward, measured)")
+    ax.set_ylabel("training loss (each method's own objective)")
+    ax.set_title(f"Training loss against compute, scale {res.scale}\nline: mean over seeds, band: ±1 sd",
+                 fontsize=11)
+    fig.tight_layout()
+    path = out / "loss_vs_flops.png"
+    _save(fig, path)
+    return Figure(path, "Training loss against training FLOPs",
+                  "The loss each run logged (train.jsonl) at every logged step, at the FLOPs spent so far. Each "
+                  "method minimises its own objective (contrastive, plus distillation or reconstruction terms): "
+                  "compare a curve's shape and stability, not its level across methods.")
 
 
 def throughput_vs_mask(res: Results, out: Path) -> Figure:
@@ -175,4 +218,5 @@ def throughput_vs_mask(res: Results, out: Path) -> Figure:
 def write_plots(res: Results, out: Path) -> list[Figure]:
     out.mkdir(parents=True, exist_ok=True)
     with sns.plotting_context("notebook", font_scale=0.9):
-        return [task_bars(res, out), accuracy_vs_flops(res, out), throughput_vs_mask(res, out)]
+        return [task_bars(res, out), accuracy_vs_flops(res, out), loss_vs_flops(res, out),
+                throughput_vs_mask(res, out)]

@@ -1,8 +1,11 @@
-"""The summary table: methods x tasks, one main metric per task, mean ± std over seeds, compute columns.
+"""The summary tables: methods x tasks, one main metric per task with its 95 % interval (``stats``), the
+difference to CLIP paired by seed, and the compute each row really used.
 
 One pandas DataFrame (``summary_frame``) holds the numbers; Markdown, LaTeX and CSV are written from it.
 A task with several datasets (SugarCrepe's subsets, several zero-shot sets) is scored by the mean of its
-datasets' main metric first, per run, as DataComp averages its tasks; mean and spread are then over seeds.
+datasets' main metric first, per run, as DataComp averages its tasks; mean and interval are then over seeds.
+A column's best mean is marked only where the interval of its seed-paired difference to the runner-up excludes
+0 (``winner``); with one seed nothing is marked.
 """
 from __future__ import annotations
 
@@ -11,10 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from benchmark.report import stats
 from benchmark.report.collect import Results
 
-COMPUTE = [("train_flops", "train FLOPs"), ("samples_seen", "samples seen"), ("wall_time_s", "wall time (s)"),
-           ("images_per_s", "images/s"), ("mask_ratio", "mask ratio")]
+COMPUTE = [("train_flops", "train FLOPs"), ("total_flops", "total FLOPs"), ("builds_on", "builds on"),
+           ("samples_seen", "samples seen"), ("wall_time_s", "wall time (s)"), ("images_per_s", "images/s"),
+           ("mask_ratio", "mask ratio")]
+BASELINE = "clip"
 
 
 @dataclass
@@ -68,31 +74,82 @@ def issue_text(issues: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
+def _per_seed(scores: pd.DataFrame, method: str, task: str, factor: float) -> dict[int, float]:
+    s = scores[(scores["method"] == method) & (scores["task"] == task)]
+    return {int(seed): float(v) * factor for seed, v in zip(s["seed"], s["value"])}
+
+
+def _items(res: Results, method: str, task: str, factor: float) -> dict[int, list[np.ndarray]]:
+    return {seed: [a * factor for a in arrays] for (m, seed, t), arrays in res.items.items()
+            if m == method and t == task}
+
+
+def winner(per_seed: dict[str, dict[int, float]]) -> tuple[str | None, str]:
+    """(the method to mark best, why) for one task column: the best mean is marked only where the 95 % interval
+    of its difference to the runner-up, paired by seed, lies above 0; a tie or an interval over 0 marks none."""
+    means = {m: float(np.mean(list(v.values()))) for m, v in per_seed.items() if v}
+    if len(means) < 2:
+        return None, "fewer than two methods with a result: no winner marked"
+    top, runner = sorted(means, key=lambda m: (-means[m], m))[:2]
+    d = stats.paired_difference(per_seed[top], per_seed[runner])
+    if d.n < 2:
+        return None, (f"best mean {top}, runner-up {runner}: {d.n} paired seed(s), no interval over seeds: "
+                      "no winner marked")
+    text = f"{top} − {runner} = {d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}] (n={d.n} paired seeds)"
+    if d.excludes_zero and d.mean > 0:
+        return top, f"**{top}**: {text}, interval above 0"
+    return None, f"no winner marked: {text}, interval includes 0"
+
+
 def summary_frame(res: Results) -> pd.DataFrame:
-    """Index: methods (CLIP first) then a 'chance' row. Per task: mean, std (sample, ddof=1), seeds, incomplete.
-    Then the runs' state and compute means over finished runs."""
+    """Index: methods (CLIP first) then a 'chance' row. Per task: mean, std (ddof=1), n seeds, the 95 % t
+    interval over seeds (``low``/``high``), the bootstrap interval over items of a single run (``items low``/
+    ``items high``, n = 1 only), the difference to CLIP paired by seed with its interval, whether the cell is the
+    marked winner, and its incomplete seeds. Then the runs' state and the compute means over finished runs."""
     infos = task_infos(res)
     scores = run_scores(res)
     runs = res.runs
-    data = {}
+    data, winners = {}, {}
+    per_task = {task: {m: _per_seed(scores, m, task, 100 if info.percent else 1) for m in res.methods}
+                for task, info in infos.items()}
+    for task in infos:
+        winners[task] = winner(per_task[task])
     for method in res.methods:
         row: dict = {}
         m_issues = res.issues[res.issues["method"] == method]
         for task, info in infos.items():
-            v = scores.loc[(scores["method"] == method) & (scores["task"] == task), "value"]
-            v = v * (100 if info.percent else 1)
+            factor = 100 if info.percent else 1
+            mine = per_task[task][method]
+            est = stats.over_seeds(list(mine.values()))
             cell_issues = m_issues[m_issues["task"].isna() | (m_issues["task"] == task)]
-            row[f"{task} mean"] = v.mean() if len(v) else np.nan
-            row[f"{task} std"] = v.std() if len(v) > 1 else np.nan
-            row[f"{task} seeds"] = int(len(v))
+            items = _items(res, method, task, factor)
+            boot = stats.over_items(next(iter(items.values()))) if est.n == 1 and len(items) == 1 else None
+            row[f"{task} mean"] = est.mean
+            row[f"{task} std"] = float(np.std(list(mine.values()), ddof=1)) if est.n > 1 else np.nan
+            row[f"{task} seeds"] = est.n
+            row[f"{task} low"], row[f"{task} high"] = est.low, est.high
+            row[f"{task} items low"] = boot.low if boot else np.nan
+            row[f"{task} items high"] = boot.high if boot else np.nan
+            if method != BASELINE and BASELINE in res.methods:
+                d = stats.paired_difference(mine, per_task[task][BASELINE], items,
+                                            _items(res, BASELINE, task, factor))
+                row.update({f"{task} Δ clip": d.mean, f"{task} Δ clip low": d.low, f"{task} Δ clip high": d.high,
+                            f"{task} Δ clip n": d.n, f"{task} Δ clip interval": d.kind})
+            else:
+                row.update({f"{task} Δ clip": np.nan, f"{task} Δ clip low": np.nan, f"{task} Δ clip high": np.nan,
+                            f"{task} Δ clip n": 0, f"{task} Δ clip interval": ""})
+            row[f"{task} best"] = winners[task][0] == method
             row[f"{task} incomplete"] = issue_text(cell_issues)
-        mine = runs[runs["method"] == method]
-        done = mine[mine["status"] == "done"]
-        states = mine["status"].value_counts()
+        mine_runs = runs[runs["method"] == method]
+        done = mine_runs[mine_runs["status"] == "done"]
+        states = mine_runs["status"].value_counts()
         row["runs"] = ", ".join([f"{states.get('done', 0)}/{len(res.seeds)} done"] +
                                 [f"{n} {s}" for s, n in states.items() if s != "done"])
         for key, _ in COMPUTE:
-            row[key] = pd.to_numeric(done[key], errors="coerce").mean() if len(done) else np.nan
+            if key == "builds_on":
+                row[key] = "; ".join(sorted({str(b) for b in done[key] if b})) if len(done) else ""
+            else:
+                row[key] = pd.to_numeric(done[key], errors="coerce").mean() if len(done) else np.nan
         data[method] = row
     chance = {f"{t} mean": info.chance if info.chance is not None else np.nan for t, info in infos.items()}
     frame = pd.DataFrame.from_dict(data, orient="index")
@@ -101,15 +158,26 @@ def summary_frame(res: Results) -> pd.DataFrame:
         frame[f"{task} seeds"] = frame[f"{task} seeds"].astype("Int64")
     frame.index.name = "method"
     frame.attrs["tasks"] = infos
+    frame.attrs["winners"] = winners
     return frame
 
 
 def best_methods(frame: pd.DataFrame, task: str) -> set[str]:
-    """Methods with the highest mean on ``task`` (ties all marked); higher is better for every main metric."""
-    col = frame.drop(index="chance", errors="ignore")[f"{task} mean"].dropna()
-    if col.empty:
-        return set()
-    return set(col[np.isclose(col, col.max(), rtol=0, atol=1e-9)].index)
+    """The method marked best on ``task`` (at most one; see ``winner``)."""
+    col = frame.drop(index="chance", errors="ignore")[f"{task} best"]
+    return {m for m, b in col.items() if b is True or b == 1}
+
+
+def single_seed(frame: pd.DataFrame) -> bool:
+    """Whether any number in the table rests on one seed."""
+    infos = frame.attrs["tasks"]
+    body = frame.drop(index="chance", errors="ignore")
+    return any(((body[f"{t} seeds"] == 1).fillna(False)).any() for t in infos)
+
+
+def _interval(low, high, sign: bool = False) -> str:
+    f = "{:+.1f}" if sign else "{:.1f}"
+    return f"[{f.format(low)}, {f.format(high)}]"
 
 
 def _num(x, digits: int = 1) -> str:
@@ -118,25 +186,51 @@ def _num(x, digits: int = 1) -> str:
 
 def cell_text(frame: pd.DataFrame, method: str, task: str, pm: str = "±", escape=lambda s: s,
               issue=lambda s: s) -> str:
-    """'6.2 ± 1.5 (n=2)', with the cell's incomplete seeds after it; ``issue`` marks that part up."""
+    """'27.6 [25.1, 30.1] (n=3)': mean, 95 % t interval over seeds; '27.6 (n=1; items [25.0, 30.2])' for one
+    seed (the bootstrap over evaluation items); the cell's incomplete seeds after it, marked up by ``issue``."""
     row = frame.loc[method]
     if method == "chance":
         return "" if pd.isna(row[f"{task} mean"]) else _num(row[f"{task} mean"])
-    n, mean, std, issues = int(row[f"{task} seeds"]), row[f"{task} mean"], row[f"{task} std"], \
-        row[f"{task} incomplete"]
+    n, mean, issues = int(row[f"{task} seeds"]), row[f"{task} mean"], row[f"{task} incomplete"]
     if n == 0:
         return issue(escape(issues or "no result"))
-    text = escape(f"{_num(mean)} {pm} {_num(std)} (n={n})" if n > 1 else f"{_num(mean)} (n=1)")
-    return text + (" " + issue(escape(f"[{issues}]")) if issues else "")
+    if n > 1:
+        text = f"{_num(mean)} {_interval(row[f'{task} low'], row[f'{task} high'])} (n={n})"
+    elif pd.notna(row[f"{task} items low"]):
+        text = f"{_num(mean)} (n=1; items {_interval(row[f'{task} items low'], row[f'{task} items high'])})"
+    else:
+        text = f"{_num(mean)} (n=1)"
+    return escape(text) + (" " + issue(escape(f"[{issues}]")) if issues else "")
+
+
+def delta_text(frame: pd.DataFrame, method: str, task: str) -> str:
+    """'+3.1 [1.2, 5.0] (n=3)': method − CLIP paired by seed, with its interval (items bootstrap when n=1)."""
+    row = frame.loc[method]
+    n, d = int(row[f"{task} Δ clip n"]), row[f"{task} Δ clip"]
+    if method == BASELINE:
+        return "baseline"
+    if n == 0 or pd.isna(d):
+        return "–"
+    ci = "" if pd.isna(row[f"{task} Δ clip low"]) else \
+        _interval(row[f"{task} Δ clip low"], row[f"{task} Δ clip high"], sign=True)
+    if n == 1:
+        return f"{d:+.1f} (n=1{'; items ' + ci if ci else ''})"
+    return f"{d:+.1f} {ci} (n={n})"
 
 
 def _compute_text(key: str, value) -> str:
-    if pd.isna(value):
-        return "–"
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "–" if key != "total_flops" else "unknown"
     if key == "train_flops":
         return f"{value:.3g}"
-    if key == "samples_seen":
+    if key == "builds_on":
+        return str(value) if value else "–"
+    if isinstance(value, float) and pd.isna(value):
+        return "–"
+    if key in ("samples_seen",):
         return f"{value:,.0f}"
+    if key == "total_flops":
+        return f"{value:.3g}"
     if key == "mask_ratio":
         return f"{value:.2f}"
     return f"{value:,.1f}"
@@ -158,31 +252,85 @@ def display_frame(frame: pd.DataFrame, bold, pm: str = "±", escape=lambda s: s,
     return pd.DataFrame.from_dict(out, orient="index")
 
 
-def notes(res: Results, frame: pd.DataFrame) -> list[str]:
-    """The caption's facts: what a cell is, each task's metric and datasets, chance, compute, matching."""
+def delta_frame(frame: pd.DataFrame, escape=lambda s: s) -> pd.DataFrame:
+    """Every method but CLIP: its difference to CLIP per task, paired by seed, with the interval."""
     infos: dict[str, TaskInfo] = frame.attrs["tasks"]
-    match = sorted(set(res.runs["match"].dropna()))
+    out = {}
+    for method in frame.index:
+        if method in ("chance", BASELINE):
+            continue
+        row = {"method": escape(method)}
+        for task, info in infos.items():
+            row[escape(f"{info.header}: Δ vs CLIP")] = escape(delta_text(frame, method, task))
+        out[method] = row
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+def match_mode(res: Results) -> str:
+    """The matching mode(s) of the runs, as a table title names them."""
+    modes = sorted(set(res.runs["match"].dropna()))
+    names = {"flops": "training FLOPs (`--match flops`)", "samples": "samples seen (`--match samples`)"}
+    return " / ".join(names.get(m, f"`{m}`") for m in modes) or "unknown matching"
+
+
+def title(res: Results) -> str:
+    return f"Summary at scale `{res.scale}`, compute matched on {match_mode(res)}"
+
+
+SINGLE_SEED_WARNING = ("**Single seed (n = 1): differences between methods are not findings.** An n = 1 cell's "
+                       "interval covers only the evaluation items (bootstrap), not the randomness of training; no "
+                       "winner is marked. Run `--seeds 0 1 2` for intervals over seeds.")
+
+
+def warnings(res: Results, frame: pd.DataFrame) -> list[str]:
+    """What a reader must see before the table."""
+    out = [SINGLE_SEED_WARNING] if single_seed(frame) else []
+    body = frame.drop(index="chance", errors="ignore")
+    extra = [m for m in body.index if body.loc[m, "builds_on"]]
+    if extra:
+        out.append(f"{', '.join(f'`{m}`' for m in extra)} build(s) on another run ({'; '.join(sorted({body.loc[m, 'builds_on'] for m in extra}))}): "
+                   "its own training is matched, its total compute (`total FLOPs`) is larger.")
+    return out
+
+
+def notes(res: Results, frame: pd.DataFrame) -> list[str]:
+    """The caption's facts: what a cell is, each task's metric and datasets, chance, compute, matching, ranking."""
+    infos: dict[str, TaskInfo] = frame.attrs["tasks"]
     lines = [f"Scale `{res.scale}`; seeds {', '.join(map(str, res.seeds)) or 'none'}; compute matched on "
-             f"{' / '.join(match) or 'unknown'} (`--match`).",
-             "Each task cell: mean ± sample standard deviation (ddof=1) over seeds, n = seeds with a result; "
-             "**bold** = best mean in the column (higher is better). Values in %.",
-             "The `chance` row is the score of a random guess on each task's datasets."]
+             f"{match_mode(res)}.",
+             "Each task cell: mean over seeds [95 % Student-t interval over seeds] (n = seeds with a result); "
+             "with n = 1: the 95 % bootstrap interval over the evaluation items of that one run (evaluation "
+             "noise only). Values in %. The `chance` row is the score of a random guess on each task's datasets.",
+             "Ranking rule: methods are compared at matched compute of their own training; in each column the "
+             "best mean is **bold** only where the 95 % interval of its difference to the runner-up, paired by "
+             "seed, lies above 0. A method that builds on another run (`builds on`) also used that run's "
+             "training: `total FLOPs` counts both, and a lead bought with more total compute is not a lead at "
+             "matched compute."]
+    for task, (who, why) in frame.attrs.get("winners", {}).items():
+        lines.append(f"`{task}`: {why}.")
     for task, info in infos.items():
         if not info.datasets:
             lines.append(f"`{task}`: no result in any run (see the incomplete results below).")
         elif len(info.datasets) == 1:
-            lines.append(f"`{task}`: {info.metric} on `{info.datasets[0]}`; chance {_chance(info)}.")
+            lines.append(f"`{task}`: {info.metric} on `{info.datasets[0]}`; chance {_chance(info)}"
+                         f"{_levels_text(res, task)}.")
         else:
             lines.append(f"`{task}`: {info.metric} averaged over {len(info.datasets)} datasets per run "
                          f"(as DataComp averages a task's datasets): {', '.join(f'`{d}`' for d in info.datasets)}; "
-                         f"chance {_chance(info)} (mean).")
+                         f"chance {_chance(info)} (mean){_levels_text(res, task)}.")
     lines.append("Compute columns: mean over the finished runs of each method. `train FLOPs` counts every "
-                 "training step as measured (FlopCounterMode, attention included); `mask ratio` is the realised "
-                 "fraction of image patches dropped, averaged over the logged training steps.")
+                 "training step of the run as measured (FlopCounterMode, attention included); `total FLOPs` adds "
+                 "the training of the runs it requires (`builds on`; unknown for an external checkpoint); "
+                 "`mask ratio` is the realised fraction of image patches dropped, averaged over the logged steps.")
     if res.external:
         lines.append(f"{', '.join(f'`{m}`' for m in res.external)}: a checkpoint maskbench did not train "
                      "(`eval --checkpoint`), evaluated on the same suite; no training compute is known for it.")
     return lines
+
+
+def _levels_text(res: Results, task: str) -> str:
+    lv = res.levels[res.levels["task"] == task] if not res.levels.empty else res.levels
+    return "".join(f"; {name} {g['value'].mean() * 100:.1f}%" for name, g in lv.groupby("level")) if len(lv) else ""
 
 
 def _chance(info: TaskInfo) -> str:
@@ -195,11 +343,19 @@ def issues_frame(res: Results) -> pd.DataFrame:
     return df.sort_values(["method", "seed", "task"]).reset_index(drop=True)
 
 
-def to_markdown(res: Results, frame: pd.DataFrame) -> str:
-    disp = display_frame(frame, bold=lambda s: f"**{s}**", escape=lambda s: str(s).replace("|", "\\|"))
-    parts = [f"# Summary at scale `{res.scale}`", "",
-             disp.to_markdown(index=False, disable_numparse=True), ""]
+def to_markdown(res: Results, frame: pd.DataFrame, header: list[str] = ()) -> str:
+    esc = lambda s: str(s).replace("|", "\\|")          # noqa: E731
+    disp = display_frame(frame, bold=lambda s: f"**{s}**", escape=esc)
+    parts = [f"# {title(res)}", ""] + [f"> {w}\n" for w in warnings(res, frame)]
+    parts += [f"- {h}" for h in header] + ([""] if header else [])
+    parts += [disp.to_markdown(index=False, disable_numparse=True), ""]
     parts += [f"- {line}" for line in notes(res, frame)]
+    deltas = delta_frame(frame, escape=esc)
+    if not deltas.empty and BASELINE in res.methods:
+        parts += ["", f"## Difference to CLIP, paired by seed ({match_mode(res)})", "",
+                  deltas.to_markdown(index=False, disable_numparse=True), "",
+                  "- Each cell: mean over seeds of (method − CLIP on the same seed) [95 % t interval] (n = paired "
+                  "seeds); with n = 1, the paired bootstrap over the evaluation items both models answered."]
     parts += ["", "## Incomplete results", ""]
     issues = issues_frame(res)
     if issues.empty:
@@ -216,24 +372,29 @@ def latex_escape(text) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
                  ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
         text = text.replace(a, b)
-    return text.replace("±", r"$\pm$").replace("–", "--")
+    return text.replace("±", r"$\pm$").replace("–", "--").replace("−", "$-$").replace("Δ", r"$\Delta$")
 
 
 def to_latex(res: Results, frame: pd.DataFrame) -> str:
     disp = display_frame(frame, bold=lambda s: rf"\textbf{{{s}}}", escape=latex_escape)
-    caption = (f"Main metric per task at scale {latex_escape(res.scale)}: mean $\\pm$ sample std over seeds "
-               f"(n seeds), in \\%; bold: best per column. Tasks with several datasets average them per run. "
-               f"Compute columns: mean over finished runs.")
+    warn = " Single seed: differences are not findings." if single_seed(frame) else ""
+    caption = (f"Main metric per task at scale {latex_escape(res.scale)}, compute matched on "
+               f"{latex_escape(match_mode(res).replace('`', ''))}: mean [95\\% t interval over seeds] (n seeds; "
+               f"n=1: bootstrap interval over evaluation items), in \\%. Bold: best mean where its seed-paired "
+               f"difference to the runner-up excludes 0. Total FLOPs include required runs.{warn}")
     body = disp.to_latex(index=False, escape=False, caption=caption, label=f"tab:summary-{res.scale}",
                          column_format="l" * len(disp.columns))
     return "% generated by `python -m benchmark report`; needs \\usepackage{booktabs}\n" + body
 
 
 def to_csv(frame: pd.DataFrame) -> str:
+    """Every number of the summary with its bounds as columns (mean, std, n, 95 % t low/high, items bootstrap
+    low/high, Δ vs CLIP with low/high and n, best)."""
     infos: dict[str, TaskInfo] = frame.attrs["tasks"]
     renamed = {}
     for task, info in infos.items():
         unit = f" ({info.unit})" if info.unit else ""
-        renamed.update({f"{task} mean": f"{task} {info.metric} mean{unit}".replace("  ", " "),
-                        f"{task} std": f"{task} {info.metric} std{unit}".replace("  ", " ")})
+        for key in ("mean", "std", "low", "high", "items low", "items high", "Δ clip", "Δ clip low",
+                    "Δ clip high"):
+            renamed[f"{task} {key}"] = f"{task} {info.metric} {key}{unit}".replace("  ", " ")
     return frame.rename(columns=renamed).to_csv()
