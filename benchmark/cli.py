@@ -144,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="experiment trackers, as open_clip names them: tensorboard, wandb (commas or spaces), or "
                           "none; one tracker run per (method, seed), written to RUN/tensorboard/ and RUN/wandb/ "
                           "(WANDB_MODE=offline is respected)")
-    run.add_argument("--reports", default="reports", help="where the report is written (REPORTS/SCALE/)")
+    run.add_argument("--reports", default=None,
+                     help="where the report is written (REPORTS/SCALE/); default RESULTS/reports, next to the "
+                          "results (the committed report: --reports reports)")
     run.add_argument("--no-report", action="store_true", help="train and evaluate only; write no report")
     ev = _sub(sub, "eval", "re-evaluate finished runs without retraining")
     _common(ev)
@@ -156,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--name", default=None, help="with --checkpoint: its label in results and reports")
     rep = _sub(sub, "report", "write tables, plots and HTML from the results folder")
     _common(rep, methods=False)
-    rep.add_argument("--reports", default="reports", help="where the report is written (REPORTS/SCALE/)")
+    rep.add_argument("--reports", default=None,
+                     help="where the report is written (REPORTS/SCALE/); default RESULTS/reports, next to the "
+                          "results (the committed report: --reports reports)")
     st = _sub(sub, "status", "state, progress (step, loss, images/s, ETA) and last checkpoint of every run")
     _common(st, methods=False)
     chk = _sub(sub, "check", "validate method folders (method.py, config.yaml, paper.yaml, README.md); no training",
@@ -245,8 +249,8 @@ def _refuse_before_writing(scale, specs, args) -> None:
         # another configuration beside the method's seeds would be averaged with them (issue 17)
         check_siblings(spec, identity(spec), {seed for m, seed in forced if m == spec.method})
     _check_writable(Path(args.results), "--results")
-    if getattr(args, "reports", None) and not getattr(args, "no_report", False):
-        _check_writable(Path(args.reports), "--reports")
+    if hasattr(args, "reports") and not getattr(args, "no_report", False):
+        _check_writable(_reports_dir(args), "--reports")
     _check_eval_datasets(scale, args, getattr(args, "cluster", "local"))
     if (args.data or scale.data.kind == "csv") and args.cluster != "slurm":
         from benchmark.data.train_data import load_training_data
@@ -292,7 +296,8 @@ def cmd_run(args) -> int:
         _summary(Path(args.results), scale.name)
         t_report = time.perf_counter()
         if not args.no_report:
-            _report(args.results, scale.name, args.reports)
+            _report(args.results, scale.name, _reports_dir(args), _command(args),
+                    time.perf_counter() - t_data)
         # where the time went (read by `benchmark perf`, measure P5)
         print(f"timing: data {t0 - t_data:.1f} s, runs {runs_s:.1f} s, report {time.perf_counter() - t_report:.1f} s")
     if any(o.status == "failed" for o in outcomes):
@@ -352,12 +357,25 @@ def _rebuild_table(results: str, scale: str) -> None:
     rebuild_csv(Path(results), scale)
 
 
-def _report(results: str, scale: str, reports: str) -> None:
+def _reports_dir(args) -> Path:
+    """Where a report goes: --reports, else beside the results (RESULTS/reports), so that a user's own run never
+    overwrites the committed reports/."""
+    return Path(args.reports) if args.reports else Path(args.results) / "reports"
+
+
+def _command(args) -> str:
+    import shlex
+    return "python -m benchmark " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
+
+
+def _report(results: str, scale: str, reports: Path, command: str | None = None,
+            wall_time_s: float | None = None) -> None:
     try:
         from benchmark import report
     except ImportError:
         return
-    report.write_reports(Path(results), scale, Path(reports))
+    out = report.write_reports(Path(results), scale, Path(reports), command=command, wall_time_s=wall_time_s)
+    print(f"reports written to {out}")
 
 
 def cmd_eval(args) -> int:
@@ -403,11 +421,11 @@ def cmd_report(args) -> int:
     if name not in SCALES and not is_scale_file(args.scale) and not (SCALES_DIR / f"{args.scale}.yaml").exists() \
             and not (Path(args.results) / name).is_dir():
         get_scale(args.scale)                   # neither a scale nor a results folder: "unknown scale", not "train"
-    _check_writable(Path(args.reports), "--reports")
+    _check_writable(_reports_dir(args), "--reports")
     if (Path(args.results) / name).is_dir():
         _check_writable(Path(args.results) / name, "--results")
     _rebuild_table(args.results, name)
-    out = report.write_reports(Path(args.results), name, Path(args.reports))
+    out = report.write_reports(Path(args.results), name, _reports_dir(args), command=_command(args))
     print(f"reports written to {out}")
     return 0
 
@@ -435,7 +453,9 @@ def cmd_perf(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = [str(a) for a in argv]                   # the report's header states the command
     try:
         return {"list": cmd_list, "run": cmd_run, "eval": cmd_eval, "report": cmd_report,
                 "status": cmd_status, "check": cmd_check, "plan": cmd_plan, "perf": cmd_perf}[args.command](args)

@@ -21,7 +21,7 @@ from benchmark.report import paper_tables, write_reports
 from benchmark.results import rebuild_csv
 from conftest import REPO, run_cli
 
-PLOTS = ("task_bars.png", "accuracy_vs_flops.png", "throughput_vs_mask.png")
+PLOTS = ("task_bars.png", "accuracy_vs_flops.png", "loss_vs_flops.png", "throughput_vs_mask.png")
 
 
 # ---- the smoke run (module fixture, ~30 s) ----------------------------------------------------------------
@@ -95,22 +95,56 @@ def test_summary_csv_matches_results_csv(smoke):
 
 
 def test_summary_markdown_and_latex_show_the_same_numbers(smoke):
+    from scipy import stats as st
     results, out = smoke
     md, tex = (out / "summary.md").read_text(), (out / "summary.tex").read_text()
     header, rows = _md_rows(md)
-    exp = _expected(results)
-    for task, g in exp.groupby("task"):
+    per_run = _per_run_main(results)
+    for (method, task), g in per_run.groupby(["method", "task"]):
+        v = g["value"]
+        low, high = st.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=st.sem(v))   # recomputed here
+        text = f"{v.mean():.1f} [{low:.1f}, {high:.1f}] (n={len(v)})"
         col = next(i for i, h in enumerate(header) if h.startswith(task))
-        best = g.loc[g["mean"].idxmax(), "method"]
-        for _, e in g.iterrows():
-            text = f"{e['mean']:.1f} ± {e['std']:.1f} (n={e['count']})"
-            cell = rows[e["method"]][col]
-            assert text in cell, (task, e["method"], cell)
-            assert cell.startswith("**") == (e["method"] == best or g["mean"].max() - e["mean"] < 1e-9)
-            tex_row = next(ln for ln in tex.splitlines() if ln.startswith(f"{e['method']} &"))
-            assert f"{e['mean']:.1f} $\\pm$ {e['std']:.1f} (n={e['count']})" in tex_row
-    assert "chance" in rows and r"\begin{tabular}" in tex and r"\textbf{" in tex
-    assert "mean ± sample standard deviation" in md and "Values in %" in md
+        assert text in rows[method][col], (task, method, rows[method][col])
+        tex_row = next(ln for ln in tex.splitlines() if ln.startswith(f"{method} &"))
+        assert text in tex_row.replace(r"\textbf{", "")
+    # the winner rule: bold only where the seed-paired interval of best − runner-up lies above 0
+    for task, g in per_run.groupby("task"):
+        wide = g.pivot(index="seed", columns="method", values="value")
+        top, runner = wide.mean().sort_values(ascending=False).index[:2]
+        d = wide[top] - wide[runner]
+        bold = bool(d.std() > 0 and st.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=st.sem(d))[0] > 0)
+        col = next(i for i, h in enumerate(header) if h.startswith(task))
+        assert rows[top][col].startswith("**") == bold, (task, rows[top][col])
+        assert not rows[runner][col].startswith("**")
+    assert "chance" in rows and r"\begin{tabular}" in tex
+    assert "Student-t interval over seeds" in md and "Values in %" in md and "Ranking rule" in md
+    assert md.startswith("# Summary at scale `smoke`, compute matched on training FLOPs (`--match flops`)")
+    assert "Single seed" not in md                        # two seeds everywhere: no n=1 warning
+    # the Δ vs CLIP table: flip − clip per seed, with the t interval
+    deltas = md.split("## Difference to CLIP, paired by seed")[1]
+    h2, r2 = _md_rows(deltas)
+    for task, g in per_run.groupby("task"):
+        wide = g.pivot(index="seed", columns="method", values="value")
+        d = wide["flip"] - wide["clip"]
+        col = next(i for i, h in enumerate(h2) if h.startswith(task))
+        assert r2["flip"][col].startswith(f"{d.mean():+.1f} [") and r2["flip"][col].endswith("(n=2)")
+
+
+def test_summary_csv_carries_the_bounds_and_the_header_the_provenance(smoke):
+    results, out = smoke
+    csv = pd.read_csv(out / "summary.csv", index_col="method")
+    for kind in ("low", "high", "Δ clip", "Δ clip low", "Δ clip high"):
+        assert any(c.startswith("zeroshot_classification ") and f" {kind} (%)" in c for c in csv.columns), kind
+    col = next(c for c in csv.columns if c.startswith("zeroshot_classification") and c.endswith(" low (%)")
+               and "Δ" not in c and "items" not in c)
+    assert csv.loc["clip", col] <= csv.loc["clip", col.replace(" low (%)", " mean (%)")]
+    assert (csv.loc[["clip", "flip"], "total_flops"] == csv.loc[["clip", "flip"], "train_flops"]).all()
+    md = (out / "summary.md").read_text()
+    head = json.loads((out / "provenance.json").read_text())
+    assert head["command"].startswith("python -m benchmark report --scale smoke")
+    assert f"by commit `{head['report_commit']}`" in md and "torch threads" in md and "Wall time:" in md
+    assert head["runs"] == 4 and head["machines"] and head["train_wall_time_s"] > 0
 
 
 def test_paper_tables_follow_paper_yaml_with_ours_beside(smoke):
@@ -130,19 +164,27 @@ def test_paper_tables_follow_paper_yaml_with_ours_beside(smoke):
                     if value is not None:
                         assert str(value) in cells, (table["id"], row["name"], value)
             assert "differs from the paper's" in text     # smoke is never a paper's scale
-    # FLIP Table 1(a): our FLIP beside the paper's, and Δ vs CLIP paired by seed
+    # FLIP Table 1(a) at smoke: no number of ours under the paper's column; Δ vs CLIP paired by seed beside the
+    # paper's Δ, with the sign agreement
     text = (out / "paper_flip.md").read_text().split("## table1a:")[1].split("## ")[0]
     header, rows = _md_rows(text)
-    col_ours = header.index("zero-shot IN-1K: ours")
+    assert "zero-shot IN-1K: ours" not in header and "zero-shot IN-1K: ours − paper" not in header
     col_delta = header.index("zero-shot IN-1K: ours Δ vs CLIP")
     col_pdelta = header.index("zero-shot IN-1K: paper Δ vs CLIP")
+    col_sign = header.index("zero-shot IN-1K: signs agree")
     flip_row = rows["50% mask, 32k batch"]
-    assert f"{zs['flip'].mean():.1f} ± {zs['flip'].std():.1f} (n=2)" in flip_row[col_ours]
     delta = zs["flip"] - zs["clip"]
-    assert f"{delta.mean():+.1f} ± {delta.std():.1f} (n=2)" in flip_row[col_delta]
+    assert flip_row[col_delta].startswith(f"{delta.mean():+.1f} [") and flip_row[col_delta].endswith("(n=2)")
     assert flip_row[col_pdelta] == "+1.0"                 # 69.6 - 68.6, the paper's own difference
+    assert flip_row[col_sign] in ("yes", "no", "undecided (our interval includes 0)")
     assert rows["0% mask, 16k batch (CLIP)"][col_delta] == "baseline"
-    assert "Ranking on 'zero-shot IN-1K': paper flip > clip; ours" in text
+    assert "Ranking on 'zero-shot IN-1K' (by mean): paper flip > clip; ours" in text
+    # CLIP's own table (CC3M / CC12M / YFCC-15M): no smoke number under any of the paper's dataset columns
+    clip = (out / "paper_clip.md").read_text()
+    for line in clip.splitlines():
+        if line.startswith("|") and "CC12M" in clip:
+            assert ": ours" not in line
+    assert "reproduction gap" not in clip
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -336,12 +378,14 @@ def test_paper_table_deltas_ranking_and_missing_rows(handmade):
     text = (out / "paper_flip.md").read_text()
     header, rows = _md_rows(text)
     assert header[:2] == ["row (as published)", "our method"]
-    assert header[2:] == ["A: paper", "A: ours", "A: paper Δ vs CLIP", "A: ours Δ vs CLIP", "B"]  # published order
-    assert rows["FLIP row"][2:] == ["52.5", "48.0 ± 2.8 (n=2)", "+2.5", "+6.0 ± 5.7 (n=2)", ""]
-    assert rows["CLIP row"][4:] == ["baseline", "baseline", "1.25"]
-    assert rows["UTA row"][3] == "seed 0: failed; seed 1: incomplete"
-    assert rows["other"][2:5] == ["49.0", "—", "-1.0"]
-    assert "Ranking on 'A': paper flip > clip; ours flip > clip (same order)." in text
+    assert header[2:] == ["A: paper", "A: paper Δ vs CLIP", "A: ours Δ vs CLIP", "A: signs agree", "B"]
+    # flip − clip per seed: +10, +2 -> mean 6, t interval 6 ± 12.706 * 4 (t with 1 df)
+    assert rows["FLIP row"][2:] == ["52.5", "+2.5", "+6.0 [-44.8, +56.8] (n=2)",
+                                    "undecided (our interval includes 0)", ""]
+    assert rows["CLIP row"][3:] == ["baseline", "baseline", "", "1.25"]
+    assert rows["UTA row"][4] == "seed 0: failed; seed 1: incomplete"
+    assert rows["other"][2:5] == ["49.0", "-1.0", "—"]
+    assert "Ranking on 'A' (by mean): paper flip > clip; ours flip > clip (same order; means over ≥2 seeds)." in text
     assert "No counterpart in our suite for 'B'" in text
     assert "differs from the paper's" in text and "LAION-400M" in text
     broken = (out / "paper_clip.md").read_text()
@@ -397,7 +441,16 @@ def test_at_the_papers_scale_the_gap_ours_minus_paper_is_shown(tmp_path):
                        "values": {"CC3M": 17.1, "CC12M": 36.5}}]}
     built = paper_tables.build_table(res, table)
     row = built.frame.set_index("row (as published)").loc["CLIP ViT-B/16 (SLIP recipe)"]
-    assert row["CC12M: ours"] == "32.0 ± 2.8 (n=2)"
+    assert row["CC12M: ours"] == "32.0 [6.6, 57.4] (n=2)"        # 32 ± 12.706 * 2 (t with 1 df)
     assert row["CC12M: ours − paper"] == f"{32.0 - 36.5:+.1f}"
     assert "CC3M: ours − paper" not in built.frame.columns          # CC3M is another scale
-    assert any("matches the paper's data and model for 'CC12M'" in c for c in built.caption)
+    assert "CC3M: ours" not in built.frame.columns                  # and no number of ours under it
+    caption = " ".join(built.caption)
+    assert "matches the paper's for 'CC12M'" in caption and "not a reproduction gap" in caption   # --match flops
+    for run in (tmp_path / "cc12m-b16" / "clip").glob("seed*"):                                      # as the paper
+        for name in ("config.json", "metrics.json"):
+            obj = json.loads((run / name).read_text())
+            (obj.get("identity") or obj["compute"])["match"] = "samples"
+            (run / name).write_text(json.dumps(obj))
+    built = paper_tables.build_table(collect.load(tmp_path, "cc12m-b16"), table)
+    assert "is the reproduction gap (`--match samples`" in " ".join(built.caption)

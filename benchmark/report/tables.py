@@ -149,7 +149,9 @@ def summary_frame(res: Results) -> pd.DataFrame:
             if key == "builds_on":
                 row[key] = "; ".join(sorted({str(b) for b in done[key] if b})) if len(done) else ""
             else:
-                row[key] = pd.to_numeric(done[key], errors="coerce").mean() if len(done) else np.nan
+                # an unknown total (an external checkpoint) stays unknown: never averaged away
+                row[key] = pd.to_numeric(done[key], errors="coerce").mean(skipna=key != "total_flops") \
+                    if len(done) else np.nan
         data[method] = row
     chance = {f"{t} mean": info.chance if info.chance is not None else np.nan for t, info in infos.items()}
     frame = pd.DataFrame.from_dict(data, orient="index")
