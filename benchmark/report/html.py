@@ -117,7 +117,8 @@ def _paper(res: Results, rep: paper_tables.PaperReport) -> str:
                f'Code: {html.escape(p["code"])}. Also as <a href="paper_{html.escape(rep.method)}.md">Markdown</a>.'
                "</p>")
     for t in rep.tables:
-        out += [f"<h4>{html.escape(t.id)}: {html.escape(t.title)}</h4>",
+        out += [f"<h4>{html.escape(t.id)}: {html.escape(t.title)} (ours: <code>--match "
+                f"{html.escape(paper_tables._match(res))}</code>)</h4>",
                 "<p>" + " ".join(inline(c) for c in t.caption) + "</p>", _table(t.frame.astype(str))]
         if t.notes:
             out.append("<ul>" + "".join(f"<li>{inline(n)}</li>" for n in t.notes) + "</ul>")

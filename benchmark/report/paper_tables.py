@@ -389,7 +389,7 @@ def to_markdown(res: Results, report: PaperReport, header: list[str] = ()) -> st
     out += [f"{p['authors']}. *{p['title']}*. {p['venue']}. {p['url']}  ", f"Code: {p['code']}", "",
             f"Our results: {scale_description(res.scale)}, from `{res.root}`.", ""]
     for t in report.tables:
-        out += [f"## {t.id}: {t.title}", ""]
+        out += [f"## {t.id}: {t.title} (ours: `--match {_match(res)}`)", ""]
         out += [" ".join(t.caption), ""]
         out += [t.frame.map(lambda s: str(s).replace("|", "\\|")).to_markdown(index=False, disable_numparse=True), ""]
         out += [f"- {n}" for n in t.notes] + ([""] if t.notes else [])

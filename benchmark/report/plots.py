@@ -1,6 +1,6 @@
 """Figures (seaborn, PNG): per-task bars with error bars over seeds, zero-shot accuracy and training loss against
-training FLOPs (bands over seeds), and training throughput against the realised mask ratio. One colour and one marker per method throughout,
-from seaborn's colour-blind-safe palette."""
+training FLOPs (bands over seeds), and training throughput against the realised mask ratio. One colour and one
+marker per method throughout, from seaborn's colour-blind-safe palette."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,6 +34,11 @@ def palette(methods: list[str]) -> dict[str, tuple]:
 
 def markers(methods: list[str]) -> dict[str, str]:
     return {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(methods)}
+
+
+def _mode(res: Results) -> str:
+    """The matching mode, as every figure title names it."""
+    return "--match " + ("/".join(sorted(set(res.runs["match"].dropna()))) or "unknown")
 
 
 def _save(fig, path: Path) -> None:
@@ -84,7 +89,7 @@ def task_bars(res: Results, out: Path) -> Figure:
         ax.set_xlabel("")
         ax.set_ylabel(ylabel)
         ax.tick_params(axis="x", labelrotation=20)
-    fig.suptitle(f"Main metric per task at matched compute, scale {res.scale}\n"
+    fig.suptitle(f"Main metric per task at matched compute ({_mode(res)}), scale {res.scale}\n"
                  "bars: mean over seeds; error bars: ±1 sample sd; dots: individual seeds", fontsize=12)
     fig.tight_layout()
     path = out / "task_bars.png"
@@ -134,7 +139,7 @@ def accuracy_vs_flops(res: Results, out: Path) -> Figure:
         ax.set_ylim(bottom=0)
     ax.set_xlabel("training FLOPs (forward + backward, measured)")
     ax.set_ylabel("zero-shot top-1 accuracy (%)")
-    ax.set_title(f"Zero-shot accuracy during training against compute, scale {res.scale}\n"
+    ax.set_title(f"Zero-shot accuracy during training against compute, scale {res.scale} ({_mode(res)})\n"
                  f"{dataset}; line: mean over seeds, band: ±1 sd; last point: final model", fontsize=11)
     fig.tight_layout()
     path = out / "accuracy_vs_flops.png"
@@ -162,8 +167,8 @@ def loss_vs_flops(res: Results, out: Path) -> Figure:
         ax.legend(title="method", fontsize=9)
     ax.set_xlabel("training FLOPs (forward + backward, measured)")
     ax.set_ylabel("training loss (each method's own objective)")
-    ax.set_title(f"Training loss against compute, scale {res.scale}\nline: mean over seeds, band: ±1 sd",
-                 fontsize=11)
+    ax.set_title(f"Training loss against compute, scale {res.scale} ({_mode(res)})\n"
+                 "line: mean over seeds, band: ±1 sd", fontsize=11)
     fig.tight_layout()
     path = out / "loss_vs_flops.png"
     _save(fig, path)
@@ -205,7 +210,7 @@ def throughput_vs_mask(res: Results, out: Path) -> Figure:
                 fontsize=8, color="#a00")
     ax.set_xlabel("realised mask ratio (fraction of image patches dropped, mean over logged steps)")
     ax.set_ylabel("training throughput (images/s)")
-    ax.set_title(f"Training throughput against mask ratio, scale {res.scale}\n"
+    ax.set_title(f"Training throughput against mask ratio, scale {res.scale} ({_mode(res)})\n"
                  "large marker: mean over seeds, error bar: ±1 sd; small markers: seeds", fontsize=11)
     fig.tight_layout()
     path = out / "throughput_vs_mask.png"

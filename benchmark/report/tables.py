@@ -290,8 +290,9 @@ def warnings(res: Results, frame: pd.DataFrame) -> list[str]:
     body = frame.drop(index="chance", errors="ignore")
     extra = [m for m in body.index if body.loc[m, "builds_on"]]
     if extra:
-        out.append(f"{', '.join(f'`{m}`' for m in extra)} build(s) on another run ({'; '.join(sorted({body.loc[m, 'builds_on'] for m in extra}))}): "
-                   "its own training is matched, its total compute (`total FLOPs`) is larger.")
+        what = "; ".join(sorted({str(body.loc[m, "builds_on"]) for m in extra}))
+        out.append(f"{', '.join(f'`{m}`' for m in extra)} build(s) on another run ({what}): its own training is "
+                   "matched, its total compute (`total FLOPs`) is larger.")
     return out
 
 
