@@ -148,7 +148,8 @@ def check_siblings(spec: RunSpec, ident: dict, replaced: set[int] = frozenset())
                                                                                      default=str)]
         detail = "; ".join(_config_difference(old.get(k), ident.get(k), k) for k in changed)
         raise UserError(
-            f"{spec.dir.parent} already holds {spec.method} seed {seed} with another configuration ({detail}); "
+            f"{spec.dir.parent} already holds {spec.method} seed {seed} with another configuration ({detail}; "
+            f"config hash without the seed: {pool_hash(old)} there, {mine} here); "
             f"seed {spec.seed} with this one would be averaged with it as if they were seeds of one configuration. "
             "Keep them apart: pass another --results folder for this configuration, or make it a named variant "
             "of the method (its own row in the report)")

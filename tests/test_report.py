@@ -102,7 +102,8 @@ def test_summary_markdown_and_latex_show_the_same_numbers(smoke):
     per_run = _per_run_main(results)
     for (method, task), g in per_run.groupby(["method", "task"]):
         v = g["value"]
-        low, high = st.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=st.sem(v))   # recomputed here
+        low, high = st.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=st.sem(v)) if v.std() > 0 else \
+            (v.mean(), v.mean())                                           # recomputed here; equal seeds: no spread
         text = f"{v.mean():.1f} [{low:.1f}, {high:.1f}] (n={len(v)})"
         col = next(i for i, h in enumerate(header) if h.startswith(task))
         assert text in rows[method][col], (task, method, rows[method][col])
@@ -113,7 +114,8 @@ def test_summary_markdown_and_latex_show_the_same_numbers(smoke):
         wide = g.pivot(index="seed", columns="method", values="value")
         top, runner = wide.mean().sort_values(ascending=False).index[:2]
         d = wide[top] - wide[runner]
-        bold = bool(d.std() > 0 and st.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=st.sem(d))[0] > 0)
+        low = st.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=st.sem(d))[0] if d.std() > 0 else d.mean()
+        bold = bool(low > 0)
         col = next(i for i, h in enumerate(header) if h.startswith(task))
         assert rows[top][col].startswith("**") == bold, (task, rows[top][col])
         assert not rows[runner][col].startswith("**")

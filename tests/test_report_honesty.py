@@ -124,7 +124,7 @@ def test_total_compute_counts_a_required_run_and_the_method_is_marked(tmp_path):
     csv = pd.read_csv(out / "summary.csv", index_col="method")
     assert csv.loc["uta", "total_flops"] == pytest.approx(2e10) and csv.loc["uta", "train_flops"] == 1e10
     assert csv.loc["clip", "total_flops"] == pytest.approx(1e10) and np.isnan(csv.loc["ext", "total_flops"])
-    assert csv.loc["uta", "builds_on"] == "teacher: clip/seed0"
+    assert csv.loc["uta", "builds_on"] == "teacher: clip run of the same seed"
     md = (out / "summary.md").read_text()
     header, *_ = [ln for ln in md.splitlines() if ln.startswith("| method")]
     assert "total FLOPs" in header and "builds on" in header

@@ -98,7 +98,7 @@ def realised_mask_ratio(run: Path, metrics: dict) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def required_compute(compute: dict) -> tuple[float | None, str]:
+def required_compute(compute: dict, seed: int | None = None) -> tuple[float | None, str]:
     """(FLOPs of the runs this one needs, what it builds on). A method that starts from another run reports that
     run's training in ``metrics.json`` compute as ``<what>_pretraining_flops`` beside ``<what>_run`` (UTA's
     teacher, methods/uta/method.py ``extra_compute``); an external checkpoint's cost is unknown (None)."""
@@ -110,7 +110,9 @@ def required_compute(compute: dict) -> tuple[float | None, str]:
         value, run, ckpt = compute[key], compute.get(f"{what}_run"), compute.get(f"{what}_checkpoint")
         if isinstance(value, (int, float)):
             flops += float(value)
-            parts.append(f"{what}: {Path(run).parent.name + '/' + Path(run).name if run else 'a run'}")
+            who = (f"{Path(run).parent.name} run of the same seed" if Path(run).name == f"seed{seed}"
+                   else f"{Path(run).parent.name}/{Path(run).name}") if run else "a run"
+            parts.append(f"{what}: {who}")
         else:
             parts.append(f"{what}: external checkpoint {Path(ckpt).name if ckpt else ''} (cost unknown)".strip())
             flops = float("nan")
@@ -220,7 +222,7 @@ def load(results: Path, scale: str) -> Results:
         method = external_label(method) if method in external else method
         comp = metrics.get("compute", {})
         cfg = _read_json(run / "config.json") if (run / "config.json").exists() else {}
-        required, builds_on = required_compute(comp)
+        required, builds_on = required_compute(comp, seed)
         ident = cfg.get("identity")
         run_rows.append({"method": method, "seed": seed, "status": status, "detail": detail,
                          "required_flops": required if comp else None, "builds_on": builds_on,

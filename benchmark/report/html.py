@@ -89,7 +89,8 @@ def render(res: Results, summary: pd.DataFrame, figures: list[Figure],
              '<a href="summary.csv">CSV</a> (every bound as a column).</p>']
     deltas = tables.delta_frame(summary, escape=html.escape)
     if not deltas.empty and tables.BASELINE in res.methods:
-        body += [f'<h2 id="delta">Difference to CLIP, paired by seed ({inline(tables.match_mode(res))})</h2>',
+        body += [f'<h2 id="delta">Difference to CLIP, paired by seed; compute matched on '
+                 f'{inline(tables.match_mode(res))}</h2>',
                  _table(deltas, escaped=True),
                  "<p>Each cell: mean over seeds of (method − CLIP on the same seed) [95 % t interval] (n = paired "
                  "seeds); with n = 1, the paired bootstrap over the evaluation items both models answered.</p>"]

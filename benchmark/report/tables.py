@@ -355,7 +355,7 @@ def to_markdown(res: Results, frame: pd.DataFrame, header: list[str] = ()) -> st
     parts += [f"- {line}" for line in notes(res, frame)]
     deltas = delta_frame(frame, escape=esc)
     if not deltas.empty and BASELINE in res.methods:
-        parts += ["", f"## Difference to CLIP, paired by seed ({match_mode(res)})", "",
+        parts += ["", f"## Difference to CLIP, paired by seed; compute matched on {match_mode(res)}", "",
                   deltas.to_markdown(index=False, disable_numparse=True), "",
                   "- Each cell: mean over seeds of (method − CLIP on the same seed) [95 % t interval] (n = paired "
                   "seeds); with n = 1, the paired bootstrap over the evaluation items both models answered."]
