@@ -159,6 +159,7 @@ def test_run_refuses_another_configuration_beside_a_methods_seeds_before_writing
     seed0 = RunSpec(method="flip", seed=0, scale="smoke", results=str(results))
     ident = identity(seed0)
     _write(seed0.dir / "config.json", {"config_hash": config_hash(ident), "identity": ident, "code_version": "x"})
+    _write(seed0.dir / "train.jsonl", json.dumps({"step": 1, "loss": 4.0}) + "\n")     # it trained
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     code = cli.main(["run", "--methods", "flip", "--scale", "smoke", "--seeds", "1", "--cluster", "debug",
                      "--results", str(results), "--set", "flip.mask_ratio=0.75"])
@@ -174,6 +175,8 @@ def test_run_refuses_another_configuration_beside_a_methods_seeds_before_writing
     check_siblings(spec1, identity(spec1), replaced={0})
     with pytest.raises(UserError):
         check_siblings(spec1, identity(spec1))
+    (seed0.dir / "train.jsonl").unlink()           # a record of a run that never trained holds nothing to mix
+    check_siblings(spec1, identity(spec1))
 
 
 # ---- traceable reports ------------------------------------------------------------------------------------
