@@ -157,6 +157,7 @@ def check_siblings(spec: RunSpec, ident: dict, replaced: set[int] = frozenset())
 
 def _config_difference(old, new, key: str) -> str:
     """'method_config.mask_ratio: 0.5 there, 0.75 here' for the keys that differ (nested one level)."""
+    old, new = (json.loads(json.dumps(x, sort_keys=True, default=str)) for x in (old, new))  # tuples = lists
     if isinstance(old, dict) and isinstance(new, dict):
         keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         return ", ".join(f"{key}.{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in keys[:6])

@@ -167,6 +167,7 @@ def test_run_refuses_another_configuration_beside_a_methods_seeds_before_writing
     assert code == 2
     assert "already holds flip seed 0 with another configuration" in err
     assert "method_config.mask_ratio: 0.5 there, 0.75 here" in err
+    assert "eval_suite" not in err and "betas" not in err          # only what differs, not a tuple vs its list
     assert "--results" in err and "named variant" in err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before     # nothing written
     # --force on every seed of the old configuration replaces it: not a mix
