@@ -41,11 +41,12 @@ def patch_embed(visual: VisionTransformer, images: torch.Tensor) -> torch.Tensor
 
 
 def vit_tokens(visual: VisionTransformer, images: torch.Tensor, keep_idx: torch.Tensor | None = None,
-               patch_tokens: torch.Tensor | None = None) -> torch.Tensor:
+               patch_tokens: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Run the ViT on the kept patches only (masked tokens are dropped before the encoder, as in FLIP/MAE).
 
     Returns the last block's output [B, 1 + K, D] (CLS first), before ``ln_post``. ``keep_idx`` None keeps every
-    patch, which equals open_clip's own forward. ``patch_tokens`` may pass a precomputed ``patch_embed``.
+    patch, which equals open_clip's own forward. ``patch_tokens`` may pass a precomputed ``patch_embed``;
+    ``attn_mask`` an additive attention mask for every block (``nn.MultiheadAttention`` layout).
     """
     x = patch_embed(visual, images) if patch_tokens is None else patch_tokens
     if keep_idx is not None:
@@ -53,7 +54,7 @@ def vit_tokens(visual: VisionTransformer, images: torch.Tensor, keep_idx: torch.
     cls = (visual.class_embedding + visual.positional_embedding[0]).to(x.dtype)
     x = torch.cat([cls.expand(x.shape[0], 1, -1), x], dim=1)
     x = visual.ln_pre(x)
-    return visual.transformer(x)
+    return visual.transformer(x) if attn_mask is None else visual.transformer(x, attn_mask=attn_mask)
 
 
 def pool_project(visual: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
@@ -90,14 +91,26 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 
 class MaskedTokenDecoder(nn.Module):
     """MAE-style decoder: visible encoder tokens plus a learned mask token at every dropped position,
-    positional embedding, ``layers`` transformer blocks, then a linear head to ``out_dim`` per position."""
+    positional embedding, ``layers`` transformer blocks, then a linear head to ``out_dim`` per position.
 
-    def __init__(self, in_dim: int, width: int, layers: int, heads: int, n_patches: int, out_dim: int):
+    ``pos_embed``: ``learned`` or ``sincos``, MAE's fixed 2-D sin-cos table with a zero CLS row (MAE
+    ``models_mae.py`` ``decoder_pos_embed``, requires_grad=False; open_clip ships the same function)."""
+
+    def __init__(self, in_dim: int, width: int, layers: int, heads: int, n_patches: int, out_dim: int,
+                 pos_embed: str = "learned"):
         super().__init__()
         self.n_patches = n_patches
         self.embed = nn.Linear(in_dim, width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.pos = nn.Parameter(torch.randn(1, n_patches + 1, width) * 0.02)
+        if pos_embed == "sincos":
+            from open_clip.pos_embed import get_2d_sincos_pos_embed
+            grid = int(round(n_patches ** 0.5))
+            table = torch.from_numpy(get_2d_sincos_pos_embed(width, grid, cls_token=True)).float()[None]
+            self.register_buffer("pos", table)
+        elif pos_embed == "learned":
+            self.pos = nn.Parameter(torch.randn(1, n_patches + 1, width) * 0.02)
+        else:
+            raise ValueError(f"pos_embed={pos_embed!r}: learned or sincos")
         self.blocks = nn.ModuleList([ResidualAttentionBlock(width, heads, batch_first=True) for _ in range(layers)])
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, out_dim)

@@ -199,6 +199,10 @@ def cmd_list(args) -> int:
     for name, info in infos.items():
         if info.ok:
             print(f"{name:<{width}}  {info.cls.paper}\n{'':<{width}}  {info.cls.summary}")
+            for v in info.variants.values():           # run one with --methods NAME@VARIANT
+                sets = ", ".join(f"{k}={val}" for k, val in v.overrides.items())
+                batch = f"batch x{v.batch_multiplier}" if v.batch_multiplier != 1 else ""
+                print(f"{'':<{width}}    @{v.name}: {v.summary} ({'; '.join(x for x in (sets, batch) if x)})")
         else:
             print(f"{name:<{width}}  BROKEN: {info.error}")
     return 0
@@ -214,14 +218,15 @@ def _specs(args, scale_name: str):
     seeds = _seeds(args.seeds) if args.seeds else list(default_seeds(scale.name))
     overrides = _overrides([s for s in getattr(args, "set", []) if not s.startswith("scale.")])
     names = {i.name: i for i in infos}
-    from benchmark.discovery import discover
+    from benchmark.discovery import discover, overrides_for
     all_infos = discover()
     for method, values in overrides.items():
-        if method not in all_infos or not all_infos[method].ok:
+        base = method.partition("@")[0]
+        if base not in all_infos or not all_infos[base].ok:
             raise UserError(f"--set names unknown method {method!r}; available: {', '.join(all_infos)}")
-        all_infos[method].config(scale.method_config_scale, values)   # validates keys, types and ranges now
+        resolve([method])[0].config(scale.method_config_scale, values)   # validates names, keys, types, ranges
     for info in names.values():
-        info.config(scale.method_config_scale, overrides.get(info.name, {}))
+        info.config(scale.method_config_scale, overrides_for(info.name, overrides))
     if any(ord(ch) < 32 for ch in args.results):      # it reaches `#SBATCH --output=` lines: a line break adds one
         raise UserError(f"--results {args.results!r} contains a control character; pass a plain folder path")
     if args.dataset_root and not Path(args.dataset_root).is_dir():

@@ -1,10 +1,16 @@
 """Find method folders without registration: every ``methods/<name>/method.py`` holding one ``Method`` subclass.
 
 A broken folder (import error, no subclass, bad config.yaml) is reported by name and hides nothing else.
+
+A folder's ``config.yaml`` may declare named **variants** (the paper's ablations): ``flip@mask75`` is the method
+``flip`` with the overrides of its variant ``mask75`` and, where the paper's mechanism needs it, a batch
+multiplier that the harness applies (and matches in FLOPs like any other cost). A variant is a run of its own,
+with its own results folder and row; ``--methods all`` runs each method's default only.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import io
 import os
@@ -21,6 +27,17 @@ from benchmark.errors import UserError
 from benchmark.method import Method
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")  # method names reach paths and sbatch job names ($ takes "x\n")
+VARIANT_KEYS = ("summary", "set", "batch_multiplier")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named set of config overrides of one method (``config.yaml`` ``variants:``)."""
+
+    name: str
+    summary: str = ""
+    overrides: dict = field(default_factory=dict)
+    batch_multiplier: int = 1      # the run's global batch = the scale's x this (learning rate scaled linearly)
 
 
 def methods_dir() -> Path:
@@ -36,17 +53,37 @@ class MethodInfo:
     scale_overrides: dict = field(default_factory=dict)
     ranges: dict = field(default_factory=dict)
     error: str = ""
+    variants: dict[str, Variant] = field(default_factory=dict)
+    variant: Variant | None = None     # set on the info of one variant (``name`` is then ``base@variant``)
 
     @property
     def ok(self) -> bool:
         return self.cls is not None and not self.error
 
+    @property
+    def base(self) -> str:
+        return self.name.split("@", 1)[0]
+
+    @property
+    def batch_multiplier(self) -> int:
+        return self.variant.batch_multiplier if self.variant else 1
+
+    def with_variant(self, name: str) -> "MethodInfo":
+        if name not in self.variants:
+            raise UserError(f"unknown variant {name!r} of method {self.name!r} (--methods {self.name}@{name}); "
+                            f"its variants: {', '.join(self.variants) or 'none'}")
+        return dataclasses.replace(self, name=f"{self.name}@{name}", variant=self.variants[name])
+
     def config(self, scale: str, overrides: dict | None = None) -> dict:
-        """defaults <- per-scale values in config.yaml <- command-line overrides, every key checked (its type
-        against the default's, its value against the range or choices declared under ``ranges:``)."""
+        """defaults <- per-scale values in config.yaml <- the variant's overrides <- command-line overrides, every
+        key checked (its type against the default's, its value against the range or choices declared under
+        ``ranges:``)."""
         cfg = dict(self.defaults)
         sources = {key: f"{self.folder / 'config.yaml'} (defaults)" for key in cfg}
+        variant = self.variant.overrides if self.variant else {}
         for source, values in ((f"{self.folder / 'config.yaml'} (scales.{scale})", self.scale_overrides.get(scale, {})),
+                               (f"{self.folder / 'config.yaml'} (variants.{self.variant.name if self.variant else ''})",
+                                variant),
                                ("--set", overrides or {})):
             for key, value in values.items():
                 if key not in self.defaults:
@@ -123,6 +160,13 @@ def _check_ranges(path: Path, defaults: dict, ranges) -> dict:
     return ranges
 
 
+def overrides_for(name: str, overrides: dict) -> dict:
+    """The ``--set`` values of a run: ``--set flip.KEY=`` applies to flip and its variants, ``--set flip@mask75.KEY=``
+    to that variant alone (and wins)."""
+    base = name.split("@", 1)[0]
+    return {**overrides.get(base, {}), **(overrides.get(name, {}) if name != base else {})}
+
+
 def _coerce(method: str, key: str, default, value, source: str):
     if default is None or value is None or isinstance(value, type(default)):
         return value
@@ -132,18 +176,18 @@ def _coerce(method: str, key: str, default, value, source: str):
                     f"got {value!r}")
 
 
-def _load_config(folder: Path) -> tuple[dict, dict, dict]:
+def _load_config(folder: Path) -> tuple[dict, dict, dict, dict[str, "Variant"]]:
     path = folder / "config.yaml"
     if not path.exists():
-        return {}, {}, {}
+        return {}, {}, {}, {}
     try:
         raw = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not a text file ({e}); it must be YAML with 'defaults' and 'scales'") from None
     except yaml.YAMLError as e:
         raise ValueError(f"{path} is not valid YAML: {e}") from None
-    if not isinstance(raw, dict) or set(raw) - {"defaults", "scales", "ranges"}:
-        raise ValueError(f"{path} must be a mapping with only the keys 'defaults', 'scales' and 'ranges'")
+    if not isinstance(raw, dict) or set(raw) - {"defaults", "scales", "ranges", "variants"}:
+        raise ValueError(f"{path} must be a mapping with only the keys 'defaults', 'scales', 'ranges' and 'variants'")
     defaults, scales = raw.get("defaults") or {}, raw.get("scales") or {}
     if not isinstance(defaults, dict) or not isinstance(scales, dict) or \
             not all(isinstance(v, dict) for v in scales.values()):
@@ -153,7 +197,30 @@ def _load_config(folder: Path) -> tuple[dict, dict, dict]:
         if unknown:
             raise ValueError(f"{path}: scales.{scale} sets unknown key(s) {sorted(unknown)}; "
                              f"add them to 'defaults' first")
-    return defaults, scales, _check_ranges(path, defaults, raw.get("ranges") or {})
+    return (defaults, scales, _check_ranges(path, defaults, raw.get("ranges") or {}),
+            _load_variants(path, raw.get("variants") or {}, defaults))
+
+
+def _load_variants(path: Path, raw, defaults: dict) -> dict[str, Variant]:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: 'variants' must map variant names to {{summary, set, batch_multiplier}}")
+    out = {}
+    for name, v in raw.items():
+        where = f"{path}: variants.{name}"
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise ValueError(f"{path}: variant name {name!r} must be lower-case letters, digits and underscores")
+        if not isinstance(v, dict) or set(v) - set(VARIANT_KEYS):
+            raise ValueError(f"{where} must be a mapping with only the keys {', '.join(VARIANT_KEYS)}")
+        overrides, mult = v.get("set") or {}, v.get("batch_multiplier", 1)
+        if not isinstance(overrides, dict) or set(overrides) - set(defaults):
+            raise ValueError(f"{where}.set must map keys of 'defaults' to values; unknown: "
+                             f"{sorted(set(overrides) - set(defaults)) if isinstance(overrides, dict) else overrides}")
+        if isinstance(mult, bool) or not isinstance(mult, int) or mult < 1:
+            raise ValueError(f"{where}.batch_multiplier must be a positive integer, got {mult!r}")
+        if not overrides and mult == 1:
+            raise ValueError(f"{where} changes nothing: give it 'set' overrides or a batch_multiplier")
+        out[name] = Variant(name, str(v.get("summary") or ""), dict(overrides), mult)
+    return out
 
 
 def _import_method(name: str, folder: Path) -> type[Method]:
@@ -208,9 +275,11 @@ def discover(root: Path | None = None) -> dict[str, MethodInfo]:
             info.error = "folder name must be lower-case letters, digits and underscores"
         else:
             try:
-                info.defaults, info.scale_overrides, info.ranges = _load_config(folder)
+                info.defaults, info.scale_overrides, info.ranges, info.variants = _load_config(folder)
                 for scale in ["defaults", *info.scale_overrides]:   # the folder's own values obey its ranges
                     info.config(scale)
+                    for v in info.variants:                          # and so do its variants'
+                        info.with_variant(v).config(scale)
                 info.cls = _import_method(folder.name, folder)
             except SystemExit as e:  # sys.exit() or argparse's parse_args() at import: the folder is broken
                 info.error = (f"{folder / 'method.py'} exits when imported (SystemExit: {e.code}), e.g. "
@@ -224,7 +293,8 @@ def discover(root: Path | None = None) -> dict[str, MethodInfo]:
 
 
 def resolve(names: str | list[str], root: Path | None = None) -> list[MethodInfo]:
-    """``all`` or comma-separated names -> method infos, each checked. Bad names raise UserError."""
+    """``all`` (each method's default) or comma-separated names, ``method`` or ``method@variant`` -> method infos,
+    each checked. Bad names raise UserError."""
     infos = discover(root)
     healthy = [i.name for i in infos.values() if i.ok]
     if isinstance(names, str):
@@ -237,12 +307,14 @@ def resolve(names: str | list[str], root: Path | None = None) -> list[MethodInfo
         return [infos[n] for n in healthy]
     out = []
     for n in names:
-        if n not in infos:
-            raise UserError(f"unknown method {n!r} (--methods); available: {', '.join(healthy) or 'none'}")
-        if not infos[n].ok:
-            raise UserError(f"method folder {infos[n].folder} is broken: {infos[n].error}")
-        if infos[n] not in out:
-            out.append(infos[n])
+        base, at, variant = n.partition("@")
+        if base not in infos:
+            raise UserError(f"unknown method {base!r} (--methods); available: {', '.join(healthy) or 'none'}")
+        if not infos[base].ok:
+            raise UserError(f"method folder {infos[base].folder} is broken: {infos[base].error}")
+        info = infos[base].with_variant(variant) if at else infos[base]
+        if info.name not in [i.name for i in out]:
+            out.append(info)
     if not out:
         raise UserError(f"--methods is empty; available: {', '.join(healthy)}")
     return out

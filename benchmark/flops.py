@@ -77,11 +77,14 @@ def reference_clip_flops(clip, batch: dict, clip_loss) -> int:
     return int(counter.get_total_flops())
 
 
-def plan_steps(match: str, scale, reference_flops: int, phase_flops: list[tuple[float, int]]) -> int:
+def plan_steps(match: str, scale, reference_flops: int, phase_flops: list[tuple[float, int]],
+               batch_size: int | None = None) -> int:
     """Steps of a run. ``samples``: the scale's samples / batch (the papers' protocol). ``flops``: as many steps
-    as fit the FLOPs the CLIP reference spends on those samples, given the per-step cost of each phase."""
+    as fit the FLOPs the CLIP reference spends on those samples, given the per-step cost of each phase.
+    ``batch_size``: the run's global batch when a variant multiplies the scale's (the phase FLOPs are then
+    counted at that batch; the reference stays a CLIP step at the scale's batch)."""
     reference_steps = scale.samples // scale.batch_size
     if match == "samples":
-        return reference_steps
+        return scale.samples // (batch_size or scale.batch_size)
     per_step = sum(frac * f for frac, f in phase_flops)
     return max(1, math.floor(reference_steps * reference_flops / per_step))

@@ -11,6 +11,7 @@ its paper changes, as in solo-learn's base class:
 - ``export()``                         the evaluable open_clip CLIP state dict, teachers and decoders stripped;
 - ``requires(cfg)``                    runs that must finish first (UTA's teacher);
 - ``phases()``                         parts of training whose per-step cost differs (FLIP's unmasked tuning);
+- ``lr_stages()``                      parts of training with their own learning-rate schedule (the same tuning);
 - ``stats()``                          realised mask ratio and other statistics for the log.
 """
 from __future__ import annotations
@@ -69,6 +70,11 @@ class Method(nn.Module):
     def phases(self) -> list[tuple[float, float]]:
         """(fraction of steps, a progress value inside that part). The harness counts FLOPs once per phase."""
         return [(1.0, 0.0)]
+
+    def lr_stages(self) -> list[tuple[float, float, float | None]]:
+        """(fraction of steps, learning-rate scale, warm-up as a fraction of the stage or None for the scale's).
+        A stage after the first restarts the schedule with a fresh optimizer state (a separate short run)."""
+        return [(1.0, 1.0, None)]
 
     @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:

@@ -170,20 +170,25 @@ def plan_run(info, cfg: dict, scale, seed: int, data, device, world_size: int = 
     """The plan of one run of ``info`` at ``scale``. The torch RNG is left as it was found. ``real_method`` (the
     method being trained, on its device): counted for real on the per-rank batch if the shape-only step needs
     real values. ``reference``/``batch``: reuse what the caller computed already."""
-    if scale.batch_size % world_size:
-        raise ValueError(f"global batch {scale.batch_size} not divisible by world size {world_size}")
+    global_batch = scale.batch_size * getattr(info, "batch_multiplier", 1)    # a variant's larger batch
+    if global_batch % world_size:
+        raise ValueError(f"global batch {global_batch} not divisible by world size {world_size}")
     entry_rng = flops._rng_state(device)     # the state training starts from: every count starts from it
     batch = batch if batch is not None else rank0_batch(data, scale, seed, device, world_size)
+    # the reference is a CLIP step at the scale's batch; the method's step is counted at its own batch
+    run_batch = batch if global_batch == scale.batch_size else data.batch(0, global_batch, seed, device, 0,
+                                                                          world_size)
     try:
         if reference is None:
             reference = reference_flops(scale, batch, device, world_size)
         method = build_shape_only(info, cfg, scale, seed, device, results_root, world_size)
-        return _plan(info, method, scale, batch, device, world_size, match, real_method, reference, entry_rng)
+        return _plan(info, method, scale, run_batch, device, world_size, match, real_method, reference, entry_rng,
+                     global_batch)
     finally:
         flops._set_rng_state(entry_rng, device)
 
 
-def _plan(info, method, scale, batch, device, world_size, match, real_method, reference, entry_rng):
+def _plan(info, method, scale, batch, device, world_size, match, real_method, reference, entry_rng, global_batch):
     trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in method.parameters() if not p.requires_grad)
     buffers = sum(b.numel() * b.element_size() for b in method.buffers())
@@ -204,9 +209,9 @@ def _plan(info, method, scale, batch, device, world_size, match, real_method, re
         phases.append((frac, world_size * count))
         peak = max(peak, step_peak)
     del method
-    steps = flops.plan_steps(match, scale, reference, phases)
+    steps = flops.plan_steps(match, scale, reference, phases, global_batch)
     return RunPlan(method=info.name, scale=scale.name, match=match, world_size=world_size,
-                   per_rank_batch=scale.batch_size // world_size, reference_flops=reference,
+                   per_rank_batch=global_batch // world_size, reference_flops=reference,
                    phases=[list(p) for p in phases], steps=steps,
                    flops_per_step=sum(f * c for f, c in phases), peak_step_bytes=peak,
                    trainable_params=trainable, frozen_params=frozen, buffer_bytes=buffers,

@@ -5,6 +5,7 @@ with metrics is skipped, a run with checkpoints resumes, a run folder written by
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -68,10 +69,13 @@ def identity(spec: RunSpec) -> dict:
     scale = spec_scale(spec)
     info = _info(spec)
     ident = {"method": spec.method, "seed": spec.seed, "scale": scale.to_dict(), "match": spec.match,
-             "method_config": info.config(scale.method_config_scale, spec.overrides.get(spec.method, {})),
+             "method_config": info.config(scale.method_config_scale,
+                                          discovery.overrides_for(spec.method, spec.overrides)),
              "data": spec.data, "dataset_root": spec.dataset_root}
     if spec.scale_source and spec.scale_source.get("set"):
         ident["scale_set"] = list(spec.scale_source["set"])       # --set scale.KEY=VALUE, as given
+    if info.batch_multiplier != 1:                 # a variant's larger batch (FLIP Table 1a)
+        ident["batch_multiplier"] = info.batch_multiplier
     return ident
 
 
@@ -295,9 +299,15 @@ def _train_and_evaluate(spec: RunSpec, scale, ident: dict, progress_bar: bool,
     torch.manual_seed(spec.seed if env.rank == 0 else spec.seed + 1_000_003 * env.rank)
     steps, phases, reference = run_plan.steps, [tuple(p) for p in run_plan.phases], run_plan.reference_flops
     per_step = run_plan.flops_per_step
-    eval_every = scale.eval_every_samples // scale.batch_size if scale.eval_every_samples else 0
-    plan = TrainPlan(steps=steps, batch_size=scale.batch_size, seed=spec.seed, optim=scale.optim,
-                     checkpoint_every=scale.checkpoint_every, eval_every_steps=eval_every, flops_per_step=per_step)
+    # A variant's batch multiplier (FLIP Table 1a: the memory masking frees buys a larger batch; planned at that
+    # batch), with the linear learning-rate scaling rule FLIP uses (App. A: lr = base lr x batch / 256).
+    batch_size, optim = scale.batch_size * info.batch_multiplier, scale.optim
+    if info.batch_multiplier != 1:
+        optim = dataclasses.replace(optim, lr=optim.lr * info.batch_multiplier)
+    eval_every = scale.eval_every_samples // batch_size if scale.eval_every_samples else 0
+    plan = TrainPlan(steps=steps, batch_size=batch_size, seed=spec.seed, optim=optim,
+                     checkpoint_every=scale.checkpoint_every, eval_every_steps=eval_every, flops_per_step=per_step,
+                     stages=method.lr_stages())
     model = distributed.wrap(method, device)
     tracker = tracking.for_run(spec, ident, config_hash(ident)) if env.is_main else None
     with stop.armed() if stop is not None else nullcontext(), tracking.closed_on_error(tracker):
@@ -308,12 +318,13 @@ def _train_and_evaluate(spec: RunSpec, scale, ident: dict, progress_bar: bool,
     if not env.is_main:
         return None                                    # rank 0 exports and evaluates
 
-    compute = {"steps": steps, "samples_seen": steps * scale.batch_size, "train_flops": per_step * steps,
+    compute = {"steps": steps, "batch_size": batch_size, "samples_seen": steps * batch_size,
+               "train_flops": per_step * steps,
                "flops_per_step": per_step, "phase_flops_per_step": [list(p) for p in phases],
                "reference_clip_flops_per_step": reference, "reference_steps": scale.samples // scale.batch_size,
                "budget_flops": reference * (scale.samples // scale.batch_size), "match": spec.match,
                "wall_time_s": round(state.wall_time_s, 3),
-               "images_per_s": round(steps * scale.batch_size / max(state.wall_time_s, 1e-9), 2)}
+               "images_per_s": round(steps * batch_size / max(state.wall_time_s, 1e-9), 2)}
     compute.update(getattr(method, "extra_compute", lambda: {})())
     checkpoint.atomic_torch_save(method.export(), spec.dir / "model.pt")
     metrics = {"method": spec.method, "seed": spec.seed, "scale": spec.scale, "config_hash": config_hash(ident),

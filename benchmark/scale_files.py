@@ -368,6 +368,11 @@ def _check(s: Scale, where: str) -> None:
     need(o.eps > 0, "optim.eps", "positive", o.eps)
     need(o.warmup_samples >= 0, "optim.warmup_samples", "0 or more", o.warmup_samples)
     need(o.grad_clip is None or o.grad_clip > 0, "optim.grad_clip", "positive, or null (no clipping)", o.grad_clip)
+    need(0 <= o.warmup_start_lr <= o.lr, "optim.warmup_start_lr", "in [0, lr] (0: open_clip's warm-up)",
+         o.warmup_start_lr)
+    need(0 <= o.min_lr <= o.lr, "optim.min_lr", "in [0, lr] (the end of the cosine)", o.min_lr)
+    need(s.zeroshot_templates in ("openai", "flip7", "slip"), "zeroshot_templates", "openai | flip7 | slip",
+         s.zeroshot_templates)
     d = s.data
     need(d.kind in DATA_KINDS, "data.kind", " | ".join(DATA_KINDS), d.kind)
     if d.kind == "embedded":

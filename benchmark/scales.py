@@ -18,7 +18,9 @@ class Optim:
     weight_decay: float
     betas: tuple[float, float] = (0.9, 0.98)   # open_clip ViT defaults (open_clip_train/params.py)
     eps: float = 1e-6
-    warmup_samples: int = 0                    # linear warmup, then cosine to 0
+    warmup_samples: int = 0                    # linear warmup, then cosine to min_lr
+    warmup_start_lr: float = 0.0               # 0: open_clip's warmup lr*(step+1)/warmup; else SLIP's linspace from it
+    min_lr: float = 0.0                        # end of the cosine (open_clip: 0; SLIP: 1e-5)
     # Global-norm gradient clipping; None = off, as in every official recipe (open_clip_train's
     # --grad-clip-norm defaults to None; FLIP's configs and SLIP's main.py do not clip).
     grad_clip: float | None = None
@@ -62,6 +64,9 @@ class Scale:
     eval_suite: tuple[str, ...]
     checkpoint_every: int = 200    # steps
     eval_every_samples: int = 0    # periodic zero-shot evaluation during training (0 = off)
+    # Zero-shot templates on the real datasets (evaluation/real_datasets.py ``templates``): openai (clip_benchmark's,
+    # ImageNet OpenAI's 80), flip7 (FLIP App. A), slip (SLIP's templates.json; SLIP and Dong's MaskCLIP).
+    zeroshot_templates: str = "openai"
     resources: Resources = field(default_factory=Resources)
     runs_here: bool = True         # False: defined for the cluster only
     # per task family, the real datasets to evaluate (names as in evaluation/<task>.py DATASETS, or "embedded");
@@ -172,11 +177,11 @@ SCALES: dict[str, Scale] = {
             name="cc12m-b16",
             model=VIT_B16,
             batch_size=2048,
-            samples=32 * 10_000_000,         # cluster masking recipe: CC12M (~10M live pairs), 32 epochs
+            samples=32 * 10_968_539,         # cluster masking README: --train-num-samples 10968539, 32 epochs
             optim=_PAPER_OPTIM,
             data=Data(kind="webdataset", path="/datasets/cc12m/{00000..01242}.tar", dataset_root="/datasets",
                       augment=True, stream=True),
-            eval_suite=PAPER_SUITE, checkpoint_every=1000, eval_every_samples=4 * 10_000_000,
+            eval_suite=PAPER_SUITE, checkpoint_every=1000, eval_every_samples=4 * 10_968_539,
             resources=_GPU8, runs_here=False,
         ),
         Scale(
@@ -184,10 +189,14 @@ SCALES: dict[str, Scale] = {
             model=VIT_B16,
             batch_size=4096,
             samples=25 * 15_000_000,         # SLIP / MaskCLIP (Dong) YFCC-15M recipe: batch 4096, 25 epochs
-            optim=Optim(lr=5e-4, weight_decay=0.5, warmup_samples=1 * 15_000_000),
+            # SLIP main.py: AdamW eps 1e-8, warm-up 1 epoch from --lr-start 1e-6, cosine to --lr-end 1e-5, no clipping;
+            # RandomResizedCrop(224, scale=(0.5, 1.0)).
+            optim=Optim(lr=5e-4, weight_decay=0.5, eps=1e-8, warmup_samples=1 * 15_000_000, warmup_start_lr=1e-6,
+                        min_lr=1e-5),
             data=Data(kind="webdataset", path="/datasets/yfcc15m/{00000..01535}.tar", dataset_root="/datasets",
-                      augment=True, stream=True),
+                      augment=True, stream=True, crop_scale=(0.5, 1.0)),
             eval_suite=PAPER_SUITE, checkpoint_every=1000, eval_every_samples=5 * 15_000_000,
+            zeroshot_templates="slip",       # the 37.6 / 42.7 anchors were evaluated with SLIP's templates
             resources=_GPU8, runs_here=False,
         ),
     ]

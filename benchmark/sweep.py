@@ -20,7 +20,8 @@ class Outcome:
 def requirements(spec: RunSpec, methods_dir: Path | None = None) -> list[str]:
     """The methods whose run (same scale and seed) must finish before ``spec`` starts (``Method.requires``)."""
     info = discovery.resolve([spec.method], methods_dir)[0]
-    return info.cls.requires(info.config(spec_scale(spec).method_config_scale, spec.overrides.get(spec.method, {})))
+    return info.cls.requires(info.config(spec_scale(spec).method_config_scale,
+                                         discovery.overrides_for(spec.method, spec.overrides)))
 
 
 def with_requirements(specs: list[RunSpec], methods_dir: Path | None = None) -> list[RunSpec]:

@@ -50,11 +50,43 @@ def clip_gradients(parameters, max_norm: float | None) -> torch.Tensor:
     return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
-def lr_at(step: int, steps: int, warmup: int, base_lr: float) -> float:
-    """open_clip's cosine_lr: linear warmup to ``base_lr``, then cosine to 0."""
+def lr_at(step: int, steps: int, warmup: int, base_lr: float, start_lr: float = 0.0, end_lr: float = 0.0) -> float:
+    """open_clip's cosine_lr: linear warmup to ``base_lr``, then cosine to ``end_lr`` (open_clip: 0).
+    With ``start_lr`` the warmup is SLIP's ``np.linspace(start_lr, base_lr, warmup)`` (SLIP ``utils.cosine_scheduler``)."""
     if step < warmup:
+        if start_lr:
+            return start_lr + (base_lr - start_lr) * step / max(1, warmup - 1)
         return base_lr * (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))) * base_lr
+    return end_lr + 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))) * (base_lr - end_lr)
+
+
+def stage_bounds(steps: int, fractions: list[float]) -> list[int]:
+    """First step of each stage: the first step whose progress ``step / steps`` reaches the stage's start (so a
+    method that switches on ``progress`` switches at the same step), and ``steps`` at the end."""
+    bounds, start = [0], 0.0
+    for frac in fractions[:-1]:
+        start += frac
+        first = min(steps, math.ceil(start * steps))
+        while first > 0 and (first - 1) / steps >= start:
+            first -= 1
+        while first < steps and first / steps < start:
+            first += 1
+        bounds.append(first)
+    return bounds + [steps]
+
+
+def scheduled_lr(step: int, plan: "TrainPlan") -> tuple[float, bool]:
+    """The learning rate of ``step`` and whether it is the first step of a later stage (FLIP's unmasked tuning:
+    a separate short run with its own small learning rate and warm-up, §3.3 / App. A.1). Each stage after the
+    first restarts the schedule from a fresh optimizer state, as open_clip's ``--pretrained`` fine-tuning does."""
+    o = plan.optim
+    bounds = stage_bounds(plan.steps, [s[0] for s in plan.stages])
+    i = max(k for k in range(len(plan.stages)) if bounds[k] <= step or k == 0)
+    _, lr_scale, warmup_fraction = plan.stages[i]
+    first, length = bounds[i], bounds[i + 1] - bounds[i]
+    warmup = plan.warmup_steps if warmup_fraction is None else round(warmup_fraction * length)
+    lr = lr_at(step - first, length, warmup, o.lr * lr_scale, o.warmup_start_lr * lr_scale, o.min_lr * lr_scale)
+    return lr, i > 0 and step == first
 
 
 @dataclass
@@ -67,6 +99,11 @@ class TrainPlan:
     eval_every_steps: int = 0
     flops_per_step: float = 0.0      # mean over phases; for the periodic-eval FLOP axis
     log_every: int = 10
+    stages: list = field(default_factory=lambda: [(1.0, 1.0, None)])   # Method.lr_stages()
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.optim.warmup_samples // self.batch_size
 
 
 @dataclass
@@ -142,7 +179,6 @@ def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, 
         _truncate_log(log_path, state.step)
     if tracker is not None:
         tracker.start(state.step)
-    warmup = plan.optim.warmup_samples // plan.batch_size
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda" \
         else torch.autocast("cpu", enabled=False)
 
@@ -169,7 +205,9 @@ def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, 
                 raise Interrupted(f"stopped at step {state.step}")
             t0 = time.perf_counter()
             step, progress = state.step, state.step / plan.steps
-            lr = lr_at(step, plan.steps, warmup, plan.optim.lr)
+            lr, new_stage = scheduled_lr(step, plan)
+            if new_stage:
+                opt.state.clear()                     # a later stage starts as a separate run would
             for group in opt.param_groups:
                 group["lr"] = lr
             batch = data.batch(step, plan.batch_size, plan.seed, device, rank, world_size)

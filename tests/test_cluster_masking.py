@@ -184,3 +184,61 @@ def test_bad_mode_is_refused():
     from benchmark.errors import UserError
     with pytest.raises(UserError, match="cluster_masking.mode"):
         build("smoke", mode="kmeans")
+
+
+def test_selection_runs_in_fp32_under_bf16_autocast():
+    """On GPU the step runs under bf16 autocast; the selection (similarity, bisection) must not: emulated on CPU,
+    a bf16 similarity flips threshold decisions. 128 images x 64 patches, as the pocket batch."""
+    method = build("pocket")
+    torch.manual_seed(0)
+    images = torch.randn(128, 3, 32, 32)
+    results = {}
+    for name, fn, cast in (("fp32", method.select, False), ("autocast", method.select, True),
+                           ("unguarded", method._select, True)):
+        method.threshold.fill_(math.nan)
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cast):
+            sel = fn(images, None, 0.0)
+        results[name] = (float(method.threshold), sel.clustered, sel.keep)
+    tau, clustered, keep = results["fp32"]
+    assert results["autocast"][0] == tau
+    assert torch.equal(results["autocast"][1], clustered) and torch.equal(results["autocast"][2], keep)
+    # the guard matters: the same selection computed under autocast differs
+    assert results["unguarded"][0] != tau or not torch.equal(results["unguarded"][1], clustered)
+
+
+def test_code_mode_attention_mask_is_the_official_one(smoke_batch):
+    """Against a transcription of the official forward (transformer.py: -1e12 per clustered pair member, gathered
+    to the kept tokens, ``repeat(heads, 1, 1)``, ``== 0``, cast to float and added)."""
+    method = build("smoke", mode="code")
+    images = smoke_batch["images"]
+    torch.manual_seed(5)
+    sel = method.select(images, None, 0.0)
+    heads = method.visual.transformer.resblocks[0].attn.num_heads
+    b, n = sel.clustered.shape
+    s = torch.cat([torch.zeros(b, 1), sel.clustered.float() * -1e12], dim=1)             # [B, 1+N]
+    full = s[:, :, None] + s[:, None, :]
+    ids = torch.cat([torch.zeros(b, 1, dtype=torch.long), sel.keep + 1], dim=1)
+    enc = torch.gather(full, 1, ids[..., None].repeat(1, 1, n + 1))
+    enc = torch.gather(enc, 2, ids[:, None, :].repeat(1, enc.shape[1], 1))
+    expected = (enc.repeat(heads, 1, 1) == 0).float()
+    got = M.official_attention_mask(sel.clustered, sel.keep, heads)
+    assert torch.equal(got, expected)
+    topped_up = torch.gather(sel.clustered, 1, sel.keep).any(1)
+    assert topped_up.any() and (got == 0).any(), "this batch must exercise a topped-up image"
+
+
+def test_a_constant_attention_mask_changes_nothing(smoke_batch):
+    """An image with no clustered top-up gets the all-ones mask: a constant shift of the logits, no effect."""
+    from benchmark.blocks import vit_tokens
+    method = build("smoke", mode="code").eval()
+    images = smoke_batch["images"][:4]
+    keep = torch.arange(8).expand(4, -1)
+    heads = method.visual.transformer.resblocks[0].attn.num_heads
+    ones = M.official_attention_mask(torch.zeros(4, 16, dtype=torch.bool), keep, heads)
+    assert torch.equal(ones, torch.ones(4 * heads, 9, 9))
+    with torch.no_grad():
+        a = vit_tokens(method.visual, images, keep)
+        b = vit_tokens(method.visual, images, keep, attn_mask=ones)
+        c = vit_tokens(method.visual, images, keep, attn_mask=ones * torch.rand(9)[None, None, :])
+    assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, c, atol=1e-4)

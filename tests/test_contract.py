@@ -13,6 +13,7 @@ from benchmark.method import Context
 from benchmark.runs import RunSpec, build_clip, execute
 
 METHODS = sorted(discover())
+VARIANTS = sorted(f"{n}@{v}" for n, i in discover().items() for v in i.variants)
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,18 @@ def test_one_step_gives_finite_losses_and_gradients(name, smoke_scale, data, tea
             assert torch.isfinite(p.grad).all(), f"non-finite gradient in {n}"
     method.after_optimizer_step(0.0)
     assert method.clip.logit_scale.item() <= math.log(100) + 1e-6
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_every_variant_builds_and_steps(name, smoke_scale, data, teacher_results):
+    """A variant's overrides are valid values of its method: it builds and takes a finite step."""
+    from benchmark.discovery import resolve
+    info = resolve([name])[0]
+    method = info.cls(build_clip(smoke_scale, 0), info.config("smoke"),
+                      Context(scale=smoke_scale, seed=0, results_root=teacher_results))
+    torch.manual_seed(0)
+    losses = one_step(method, data, smoke_scale)
+    assert all(torch.isfinite(v).all() for v in losses.values()), losses
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -146,3 +146,14 @@ def test_export_is_the_clip_alone_and_bad_config_is_refused(smoke_scale):
     assert set(m.export()) == set(m.clip.state_dict())
     with pytest.raises(UserError, match="maskclip_weers.masking"):
         build(smoke_scale, masking="mask_everything")
+
+
+def test_decoder_positional_embedding_is_maes_fixed_sincos(smoke_scale):
+    """MAE (models_mae.py): the decoder's positional embedding is a fixed 2-D sin-cos table with a zero CLS row."""
+    from open_clip.pos_embed import get_2d_sincos_pos_embed
+    method = build(smoke_scale)
+    dec = method.decoder
+    grid, width = smoke_scale.patch_grid, dec.pos.shape[-1]
+    assert "pos" in dict(dec.named_buffers()) and "pos" not in dict(dec.named_parameters())
+    assert torch.allclose(dec.pos[0], torch.from_numpy(get_2d_sincos_pos_embed(width, grid, cls_token=True)).float())
+    assert torch.equal(dec.pos[0, 0], torch.zeros(width))

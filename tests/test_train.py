@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmark.results import read_json
-from benchmark.train import clip_gradients, lr_at, param_groups
+from benchmark.train import TrainPlan, clip_gradients, lr_at, param_groups, scheduled_lr, stage_bounds
 from conftest import run_cli
 
 
@@ -16,6 +16,67 @@ def test_lr_warmup_then_cosine():
     assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
     assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
     assert lr_at(99, 100, 10, 1.0) < 0.001
+
+
+def test_slip_schedule_warms_up_from_start_lr_and_ends_at_min_lr():
+    """SLIP utils.cosine_scheduler: np.linspace(1e-6, base, warmup), then cosine from base to 1e-5."""
+    assert lr_at(0, 100, 10, 1.0, 1e-6, 1e-5) == pytest.approx(1e-6)
+    assert lr_at(9, 100, 10, 1.0, 1e-6, 1e-5) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0, 1e-6, 1e-5) == pytest.approx(1e-5 + 0.5 * (1 - 1e-5))
+    assert 1e-5 < lr_at(99, 100, 10, 1.0, 1e-6, 1e-5) < 1e-5 + 1e-3
+
+
+@pytest.mark.parametrize("steps", [7, 100, 997, 1012])
+@pytest.mark.parametrize("u", [0.01, 0.1, 0.3])
+def test_stage_bounds_agree_with_progress(steps, u):
+    """A method that switches on ``progress < 1 - u`` (FLIP's masking) switches at the stage's first step."""
+    first = stage_bounds(steps, [1 - u, u])[1]
+    assert all((step / steps < 1 - u) == (step < first) for step in range(steps))
+
+
+def test_a_later_stage_restarts_the_schedule_at_its_own_lr_and_warmup():
+    from benchmark.scales import Optim
+    plan = TrainPlan(steps=1000, batch_size=10, seed=0, optim=Optim(lr=1.0, weight_decay=0.0, warmup_samples=100),
+                     checkpoint_every=100, stages=[(0.9, 1.0, None), (0.1, 0.01, 0.2)])
+    lrs = [scheduled_lr(s, plan) for s in range(1000)]
+    assert lrs[0] == (pytest.approx(0.1), False)                          # the scale's warm-up: 10 steps
+    assert lrs[899][0] < 1e-4 and not lrs[899][1]                         # the first stage's cosine ends at 0
+    assert lrs[900] == (pytest.approx(0.01 / 20), True)                   # fresh stage: 20 warm-up steps from 0
+    assert lrs[919][0] == pytest.approx(0.01) and not lrs[919][1]
+    assert lrs[999][0] < 1e-5
+    assert [s for s in range(1000) if lrs[s][1]] == [900]                 # the optimizer restarts once
+    single = TrainPlan(steps=100, batch_size=10, seed=0, optim=Optim(lr=1.0, weight_decay=0.0, warmup_samples=100),
+                       checkpoint_every=100)
+    assert [scheduled_lr(s, single)[0] for s in range(100)] == [lr_at(s, 100, 10, 1.0) for s in range(100)]
+
+
+def test_recipes_of_the_paper_scales():
+    from benchmark.scales import get_scale
+    y = get_scale("yfcc15m-b16")     # SLIP main.py
+    assert (y.optim.eps, y.optim.warmup_start_lr, y.optim.min_lr, y.optim.grad_clip) == (1e-8, 1e-6, 1e-5, None)
+    assert y.data.crop_scale == (0.5, 1.0) and y.zeroshot_templates == "slip"
+    assert get_scale("cc12m-b16").samples == 32 * 10_968_539      # cluster masking: --train-num-samples 10968539
+    assert get_scale("cc12m-b16").data.crop_scale == (0.9, 1.0)
+
+
+def test_template_sets(tmp_path):
+    import json
+
+    from benchmark.errors import UserError
+    from benchmark.evaluation.real_datasets import templates
+    assert len(templates("imagenet1k")) == 80
+    flip = templates("imagenet1k", "flip7")
+    assert len(flip) == 7 and "itap of a {c}." in flip and set(flip) <= set(templates("imagenet1k"))
+    assert templates("cifar10", "flip7") == templates("cifar10")
+    with pytest.raises(UserError, match="slip/templates.json"):
+        templates("imagenet1k", "slip", tmp_path)
+    (tmp_path / "slip").mkdir()
+    (tmp_path / "slip" / "templates.json").write_text(json.dumps({"imagenet": ["a photo of a {}."]}))
+    assert templates("imagenet1k", "slip", tmp_path) == ["a photo of a {c}."]
+    with pytest.raises(UserError, match="no template list for 'cifar10'"):
+        templates("cifar10", "slip", tmp_path)
+    with pytest.raises(UserError, match="unknown"):
+        templates("imagenet1k", "nope")
 
 
 def test_no_gradient_clipping_by_default_as_the_official_recipes():

@@ -26,6 +26,8 @@ from PIL import Image
 from benchmark.errors import UserError
 
 LAYOUTS = {
+    "slip_templates": "slip/templates.json - SLIP's zero-shot templates (facebookresearch/SLIP templates.json), "
+                      "needed by a scale whose zeroshot_templates is 'slip'",
     "imagenet1k": "imagenet1k/val/<wnid>/*.JPEG (ImageFolder, one folder per WordNet id, e.g. n01440764; "
                   "train/<wnid>/ likewise for the linear probe) - torchvision ImageNet's extracted layout",
     "cifar10": "cifar10/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta} - the python pickles "
@@ -171,8 +173,34 @@ def _cb_json(name: str):
     return json.loads((Path(cbd.__file__).parent / name).read_text())
 
 
-def templates(dataset: str) -> list[str]:
-    """clip_benchmark's English zero-shot templates for ``dataset`` (its fallback: ImageNet's)."""
+TEMPLATE_SETS = ("openai", "flip7", "slip")
+SLIP_KEYS = {"imagenet1k": "imagenet", "cars": "stanford_cars", "fgvc_aircraft": "aircraft"}   # SLIP's names
+
+
+def templates(dataset: str, template_set: str = "openai", root=None) -> list[str]:
+    """The zero-shot templates of ``dataset`` in the scale's template set (``Scale.zeroshot_templates``):
+
+    - ``openai``: clip_benchmark's English templates (ImageNet: OpenAI's 80; its fallback: ImageNet's);
+    - ``flip7``: FLIP's protocol (App. A): ImageNet with the 7-template subset of OpenAI's prompts (open_clip's
+      ``SIMPLE_IMAGENET_TEMPLATES``), every other dataset as ``openai``;
+    - ``slip``: SLIP's ``templates.json`` (SLIP and Dong's MaskCLIP evaluate with it), read from
+      ``<dataset root>/slip/templates.json`` (the file from the SLIP repository; never downloaded).
+    """
+    if template_set not in TEMPLATE_SETS:
+        raise UserError(f"zero-shot template set {template_set!r} is unknown: choose one of "
+                        f"{', '.join(TEMPLATE_SETS)} (Scale.zeroshot_templates)")
+    if template_set == "slip":
+        path = require(dataset_root(root) / "slip" / "templates.json", "slip_templates")
+        try:
+            table = json.loads(path.read_text())
+            found = table[SLIP_KEYS.get(dataset, dataset)]
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{path} has no template list for {dataset!r} ({type(e).__name__}: {e}); use the "
+                            "templates.json of the SLIP repository") from None
+        return [t.replace("{}", "{c}") for t in found]
+    if template_set == "flip7" and dataset == "imagenet1k":
+        from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
+        return [t("{c}") for t in SIMPLE_IMAGENET_TEMPLATES]
     t = _cb_json("en_zeroshot_classification_templates.json")
     return list(t.get(dataset, t["imagenet1k"]))
 

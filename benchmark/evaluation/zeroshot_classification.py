@@ -25,16 +25,18 @@ def evaluate_set(encoder: Encoder, s: EvalSet) -> dict:
     logits, target = cb.run_classification(encoder.feature_model(), classifier, data, "cpu", amp=False)
     per_item = (logits.topk(1, dim=1).indices[:, 0] == target).float().tolist()
     return {"dataset": s.name, "metrics": metrics, "main_metric": MAIN_METRIC, "per_item": per_item,
-            "chance": s.meta.get("chance"), "notes": {k: v for k, v in s.meta.items()
-                                                        if k in ("colour_only", "classes", "missing_datasets")}}
+            "chance": s.meta.get("chance"),
+            "notes": {**{k: v for k, v in s.meta.items() if k in ("colour_only", "classes", "missing_datasets",
+                                                                    "template_set")},
+                      "templates": len(templates)}}
 
 
 DATASETS = ("imagenet1k", "cifar10", "cifar100")    # paper scales: ImageNet-1k val, CIFAR test splits
 
 
 def real_sets(root, scale, names=DATASETS) -> list[EvalSet]:
-    """ImageNet-1k (val), CIFAR-10 and CIFAR-100 (test) from ``root``, with clip_benchmark's class names and
-    English templates (ImageNet: OpenAI's 80)."""
+    """ImageNet-1k (val), CIFAR-10 and CIFAR-100 (test) from ``root``, with clip_benchmark's class names and the
+    scale's template set (``openai``: clip_benchmark's English templates, ImageNet OpenAI's 80; ``flip7``; ``slip``)."""
     from benchmark.evaluation import real_datasets as R
 
     def read(name):
@@ -47,5 +49,6 @@ def real_sets(root, scale, names=DATASETS) -> list[EvalSet]:
             labels, classes = [at[y] for y in labels], [classes[c] for c in kept]
             meta["classes"] = f"{len(kept)} of 1000 (partial copy)"
         return EvalSet(name, images, [{"label": y} for y in labels],
-                       {"classnames": classes, "templates": R.templates(name), "chance": 1 / len(classes), **meta})
+                       {"classnames": classes, "templates": R.templates(name, scale.zeroshot_templates, root),
+                        "template_set": scale.zeroshot_templates, "chance": 1 / len(classes), **meta})
     return R.read_all({name: (lambda n=name: read(n)) for name in names})

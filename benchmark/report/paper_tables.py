@@ -163,7 +163,9 @@ def scale_description(scale: str) -> str:
              if s.image_size < 224 else "ViT-B/16, 224 px")
     data = (f"embedded shapes data ({s.data.train_size:,} generated pairs)" if s.data.kind == "embedded"
             else f"{s.data.kind} data at {s.data.path}")
-    return f"scale `{scale}`: {model}; {data}; budget = {s.samples:,} samples of the CLIP reference run"
+    templates = (f"; zero-shot templates `{s.zeroshot_templates}`" if s.data.kind != "embedded"
+                 else "; zero-shot templates of the embedded set")
+    return f"scale `{scale}`: {model}; {data}; budget = {s.samples:,} samples of the CLIP reference run{templates}"
 
 
 # ---- our numbers ------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ tau comes from a bisection on the first batch to a nominal mask ratio of 0.5 and
 checkpointed). Optional fusion: the similarity moves linearly from RGB to patch-embedding similarity over training.
 
 Two modes (README): ``paper`` (bisection, unbiased random tie-breaking) and ``code`` (what the official code
-effectively runs: tau = 0.5 fixed, its tie order). The selection is vectorised over the batch on the model's device.
+effectively runs: tau = 0.5 fixed, its tie order and its attention mask). The selection is vectorised over the batch
+on the model's device, in fp32.
 """
 from __future__ import annotations
 
@@ -116,6 +117,20 @@ def bisect_threshold(similarity: torch.Tensor, target: float, min_drop_ratio: fl
     return best
 
 
+# ---- code mode: the official attention mask (README, quirk 5) ----------------------------------------------------
+def official_attention_mask(clustered: torch.Tensor, keep: torch.Tensor, heads: int) -> torch.Tensor:
+    """[H*B, 1+K, 1+K] the additive mask the official code feeds every block (``transformer.py``: PatchDropout
+    builds -1e12 on pairs involving a clustered patch; VisionTransformer takes ``(mask == 0)``, which
+    ResidualAttentionBlock casts to 1.0 / 0.0 and *adds* to the logits). 1.0 between two unclustered kept tokens
+    (CLS counts as unclustered), 0.0 where a clustered top-up token is involved: an unclustered query weights a
+    topped-up clustered key e^-1 relative to the others; an image with no top-up gets a constant shift (no effect).
+    Tiled head-major (``repeat(heads, 1, 1)``) where ``nn.MultiheadAttention`` reads index b*H + h, so head h of
+    image b gets the mask of image (b*H + h) mod B, as in the official code."""
+    free = ~torch.gather(clustered, 1, keep)                                              # [B, K]
+    free = torch.cat([torch.ones_like(free[:, :1]), free], dim=1)                         # CLS first
+    return (free[:, :, None] & free[:, None, :]).float().repeat(heads, 1, 1)
+
+
 @dataclass
 class Selection:
     keep: torch.Tensor          # [B, n_keep] kept patch positions
@@ -151,7 +166,12 @@ class ClusterMasking(Method):
 
     @torch.no_grad()
     def select(self, images: torch.Tensor, embeddings: torch.Tensor | None, progress: float) -> Selection:
-        """Which patches the encoder sees (README.md, "The step"): no gradient, vectorised over the batch."""
+        """Which patches the encoder sees (README.md, "The step"): no gradient, vectorised over the batch, in fp32
+        even under bf16 autocast (a bf16 similarity moves tau's realised ratio and flips threshold decisions)."""
+        with torch.autocast(images.device.type, enabled=False):
+            return self._select(images.float(), embeddings, progress)
+
+    def _select(self, images: torch.Tensor, embeddings: torch.Tensor | None, progress: float) -> Selection:
         cfg = self.cfg
         feats = patch_features(images, self.patch_size, cfg["pixel_norm"])
         anchors = draw_anchors(images.shape[0], feats.shape[1], cfg["anchor_ratio"], images.device)
@@ -173,7 +193,11 @@ class ClusterMasking(Method):
         images = batch["images"]
         tokens = patch_embed(self.visual, images)              # conv1 + positional embedding, [B, N, D]
         sel = self.select(images, tokens, progress)
-        image = pool_project(self.visual, vit_tokens(self.visual, images, sel.keep, patch_tokens=tokens))
+        mask = None
+        if self.cfg["mode"] == "code":     # the official code's attention mask, as it acts (quirk 5)
+            mask = official_attention_mask(sel.clustered, sel.keep, self.visual.transformer.resblocks[0].attn.num_heads)
+        image = pool_project(self.visual, vit_tokens(self.visual, images, sel.keep, patch_tokens=tokens,
+                                                     attn_mask=mask))
         text = self.clip.encode_text(batch["texts"])
         loss = self.contrastive(image, text)                   # unchanged ClipLoss (project page, method)
         self.record(mask_ratio=1.0 - sel.keep.shape[1] / self.n_patches,      # tokens really dropped
