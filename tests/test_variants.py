@@ -69,7 +69,7 @@ def test_list_shows_variants():
 
 def test_variant_runs_are_their_own_rows_and_the_batch_multiplier_is_flop_matched(tmp_path):
     proc = run_cli("run", "--methods", "flip,flip@batch2x,flip@mask75", "--scale", "smoke", "--cluster", "debug",
-                   "--results", tmp_path, "--no-report")
+                   "--results", tmp_path, "--no-report", timeout=1800)
     assert proc.returncode == 0, proc.stderr
     runs = {m: read_json(tmp_path / f"smoke/{m}/seed0/metrics.json") for m in ("flip", "flip@batch2x", "flip@mask75")}
     flip, big, m75 = (runs[m]["compute"] for m in ("flip", "flip@batch2x", "flip@mask75"))

@@ -48,8 +48,9 @@ def write_reports(results: Path, scale: str, reports: Path, methods: Path | None
     _write(out / "summary.tex", tables.to_latex(res, summary))
     _write(out / "summary.csv", tables.to_csv(summary))
 
-    papers = [paper_tables.build_paper(res, m, Path(methods or _methods_dir())) for m in res.methods
-              if m not in res.external]
+    # one paper per method folder: a variant's runs (flip@mask75) are rows of its method's tables
+    bases = dict.fromkeys(m.split("@", 1)[0] for m in res.methods if m not in res.external)
+    papers = [paper_tables.build_paper(res, m, Path(methods or _methods_dir())) for m in bases]
     for rep in papers:
         _write(out / f"paper_{rep.method}.md", paper_tables.to_markdown(res, rep, lines))
         if rep.error:

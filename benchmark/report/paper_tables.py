@@ -246,15 +246,17 @@ def build_table(res: Results, table: dict) -> PaperTable:
     columns: the paper's Δ vs its CLIP row beside our Δ vs our CLIP (paired by seed, with its interval) and
     whether the signs agree."""
     columns, rows = table["columns"], table["rows"]
+    base = table.get("baseline", "clip")     # an ablation table: variants against the method's default run
+    label = "CLIP" if base == "clip" else base
     baseline = {}        # column name -> the paper's CLIP row (first row of method clip with a value)
     for c in columns:
         for r in rows:
-            if r.get("method") == "clip" and (r.get("values") or {}).get(c["name"]) is not None:
+            if r.get("method") == base and (r.get("values") or {}).get(c["name"]) is not None:
                 baseline[c["name"]] = r
                 break
-    others = any(r.get("method") not in (None, "clip") for r in rows)
-    clip_ours = {c["name"]: our_scores(res, "clip", c["ours"]) for c in columns if c.get("ours")}
-    clip_items = {c["name"]: our_items(res, "clip", c["ours"]) for c in columns if c.get("ours")}
+    others = any(r.get("method") not in (None, base) for r in rows)
+    clip_ours = {c["name"]: our_scores(res, base, c["ours"]) for c in columns if c.get("ours")}
+    clip_items = {c["name"]: our_items(res, base, c["ours"]) for c in columns if c.get("ours")}
     match = _match(res)
 
     disp, nums = [], []
@@ -285,17 +287,17 @@ def build_table(res: Results, table: dict) -> PaperTable:
                 if method and len(ours) and len(clip_ours[name]):
                     paired = stats.paired_difference(ours.to_dict(), clip_ours[name].to_dict(),
                                                      our_items(res, method, c["ours"]), clip_items[name])
-                d[f"{name}: paper Δ vs CLIP"] = "" if np.isnan(pd_delta) else _fmt(pd_delta, sign=True)
+                d[f"{name}: paper Δ vs {label}"] = "" if np.isnan(pd_delta) else _fmt(pd_delta, sign=True)
                 if not method:
-                    d[f"{name}: ours Δ vs CLIP"] = "—"
+                    d[f"{name}: ours Δ vs {label}"] = "—"
                 elif paired.n == 0:
-                    d[f"{name}: ours Δ vs CLIP"] = "no CLIP run" if len(ours) else \
+                    d[f"{name}: ours Δ vs {label}"] = "no CLIP run" if len(ours) else \
                         _missing_text(res, method, c["ours"]["task"])
                 else:
-                    d[f"{name}: ours Δ vs CLIP"] = _est_text(paired, sign=True)
+                    d[f"{name}: ours Δ vs {label}"] = _est_text(paired, sign=True)
                 d[f"{name}: signs agree"] = _sign_agreement(pd_delta, paired) if method else ""
                 if r is baseline[name]:
-                    d[f"{name}: paper Δ vs CLIP"] = d[f"{name}: ours Δ vs CLIP"] = "baseline"
+                    d[f"{name}: paper Δ vs {label}"] = d[f"{name}: ours Δ vs {label}"] = "baseline"
                     d[f"{name}: signs agree"] = ""
                 n.update({f"{name} paper delta": pd_delta, f"{name} ours delta": paired.mean,
                           f"{name} ours delta low": paired.low, f"{name} ours delta high": paired.high,
