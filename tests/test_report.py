@@ -456,3 +456,22 @@ def test_at_the_papers_scale_the_gap_ours_minus_paper_is_shown(tmp_path):
             (run / name).write_text(json.dumps(obj))
     built = paper_tables.build_table(collect.load(tmp_path, "cc12m-b16"), table)
     assert "is the reproduction gap (`--match samples`" in " ".join(built.caption)
+
+
+def test_an_ablation_table_compares_variants_with_the_methods_default_run(tmp_path):
+    """``baseline: flip``: each variant row's Δ is against our flip run, paired by seed, beside the paper's Δ."""
+    from benchmark.report import collect
+    for seed, (a, b) in enumerate(((0.30, 0.36), (0.34, 0.38))):
+        _fake_run(tmp_path, "flip", seed, {"zeroshot_classification": {"embedded": a}})
+        _fake_run(tmp_path, "flip@batch2x", seed, {"zeroshot_classification": {"embedded": b}})
+    rebuild_csv(tmp_path, "smoke")
+    res = collect.load(tmp_path, "smoke")
+    ours = {"task": "zeroshot_classification", "metric": "acc"}
+    table = {"id": "t1b", "title": "batch", "source": "FLIP Table 1(b)", "status": "C-paper", "setting": "L/16",
+             "baseline": "flip", "columns": [{"name": "IN", "ours": ours}],
+             "rows": [{"name": "16k", "method": "flip", "values": {"IN": 68.5}},
+                      {"name": "32k", "method": "flip@batch2x", "values": {"IN": 69.6}}]}
+    built = paper_tables.build_table(res, table).frame.set_index("row (as published)")
+    assert built.loc["16k", "IN: paper Δ vs flip"] == "baseline"
+    assert built.loc["32k", "IN: paper Δ vs flip"] == "+1.1"
+    assert built.loc["32k", "IN: ours Δ vs flip"].startswith("+5.0")       # (6, 4) points, paired by seed
