@@ -43,9 +43,13 @@ def problems(name: str, infos: dict) -> list[str]:
         else:
             for i, t in enumerate(raw["tables"]):
                 for j, r in enumerate(t["rows"]):
-                    if r["method"] is not None and r["method"] not in infos:
+                    base, at, variant = str(r["method"]).partition("@")
+                    if r["method"] is not None and base not in infos:
                         out.append(f"{paper}: tables[{i}].rows[{j}].method {r['method']!r} is no method folder; "
                                    f"use one of {', '.join(infos)} or null")
+                    elif r["method"] is not None and at and variant not in infos[base].variants:
+                        out.append(f"{paper}: tables[{i}].rows[{j}].method {r['method']!r} names no variant of "
+                                   f"{base} (config.yaml variants: {', '.join(infos[base].variants) or 'none'})")
                 for j, c in enumerate(t["columns"]):
                     task = (c.get("ours") or {}).get("task")
                     if task is not None and task not in TASKS:
