@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
@@ -126,10 +125,6 @@ class MaskedTokenDecoder(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x[:, 1:]))
-
-
-def normalized(x: torch.Tensor) -> torch.Tensor:
-    return F.normalize(x, dim=-1)
 
 
 def take_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -22,9 +22,12 @@ from pathlib import Path
 
 import yaml
 
+import torch
+
 from benchmark import REPO_ROOT
 from benchmark.errors import UserError
-from benchmark.method import Method
+from benchmark.method import Context, Method
+from benchmark.model import build_clip
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")  # method names reach paths and sbatch job names ($ takes "x\n")
 VARIANT_KEYS = ("summary", "set", "batch_multiplier")
@@ -318,3 +321,20 @@ def resolve(names: str | list[str], root: Path | None = None) -> list[MethodInfo
     if not out:
         raise UserError(f"--methods is empty; available: {', '.join(healthy)}")
     return out
+
+
+def build_method(method: str | MethodInfo, scale, *, seed: int = 0, device="cpu", config_scale: str | None = None,
+                 overrides: dict | None = None, cfg: dict | None = None, rank: int = 0, world_size: int = 1,
+                 results_root: Path | None = None, root: Path | None = None) -> Method:
+    """The one way a method is built (by ``runs``, ``benchmark perf`` and the tests): ``build_clip(scale, seed)``
+    wrapped by the method's class with its config (``cfg``, else config.yaml for ``config_scale``, default the
+    scale's name, with ``overrides``) and a ``Context``; on ``device``, in train mode. The torch RNG is then reset
+    to ``seed``, so the masks of a run are a function of its seed."""
+    info = method if isinstance(method, MethodInfo) else resolve([method], root)[0]
+    if cfg is None:
+        cfg = info.config(config_scale or scale.name, overrides)
+    ctx = Context(scale=scale, device=torch.device(device), seed=seed, rank=rank, world_size=world_size,
+                  results_root=Path(results_root) if results_root is not None else None)
+    built = info.cls(build_clip(scale, seed), cfg, ctx).to(device).train()
+    torch.manual_seed(seed)
+    return built

@@ -26,6 +26,7 @@ from benchmark.errors import UserError
 from benchmark.evaluation import suite
 from benchmark.evaluation.features import Encoder
 from benchmark.results import code_version, read_json, rebuild_csv, write_json
+from benchmark.run_folder import RunFolder
 from benchmark.runs import config_hash, device_for_run, run_lock, write_evals
 
 SEED = 0                       # the folder an external checkpoint is written to (one "seed": no training)
@@ -92,10 +93,11 @@ def evaluate_checkpoint(checkpoint: str, model: str, label: str | None, scale, s
         raise UserError(f"--name {label!r} must be a folder name (letters, digits, '.', '_', '-')")
     if label in discovery.discover():
         raise UserError(f"--name {label!r} is a method's name; give the external checkpoint its own --name")
-    folder = Path(results) / scale.name / label / f"seed{SEED}"
+    run = RunFolder.of(results, scale.name, label, SEED)
+    folder = run.path
     ident = {"external": True, "checkpoint": str(ckpt.resolve()), "checkpoint_sha256": file_sha256(ckpt),
              "model": name, "model_config": cfg, "scale": scale.to_dict(), "dataset_root": dataset_root}
-    old = read_json(folder / "config.json") if (folder / "config.json").exists() else None
+    old = read_json(run.config) if run.config.exists() else None
     if old is not None and (not old.get("identity", {}).get("external") or old.get("config_hash") != config_hash(ident)):
         what = "a run maskbench trained" if not old.get("identity", {}).get("external") else "another checkpoint"
         raise UserError(f"{folder} holds {what}; give this checkpoint another --name or --results folder")
@@ -105,10 +107,10 @@ def evaluate_checkpoint(checkpoint: str, model: str, label: str | None, scale, s
     pre = getattr(net.visual, "preprocess_cfg", {}) or {}
     encoder = Encoder(net, eval_scale.context_length, device, mean=pre.get("mean"), std=pre.get("std"))
     with run_lock(folder):
-        write_json(folder / "config.json", {"config_hash": config_hash(ident), "identity": ident,
-                                            "code_version": code_version(), "torch": torch.__version__,
-                                            "open_clip": open_clip.__version__,
-                                            **({"scale_source": scale_source} if scale_source else {})})
+        write_json(run.config, {"config_hash": config_hash(ident), "identity": ident,
+                                "code_version": code_version(), "torch": torch.__version__,
+                                "open_clip": open_clip.__version__,
+                                **({"scale_source": scale_source} if scale_source else {})})
         t0 = time.perf_counter()
         res = suite.evaluate(net, eval_scale, scale.eval_suite, device, dataset_root, encoder=encoder)
         run_meta = {"method": label, "seed": SEED, "scale": scale.name, "config_hash": config_hash(ident),
@@ -119,6 +121,6 @@ def evaluate_checkpoint(checkpoint: str, model: str, label: str | None, scale, s
         metrics = {"method": label, "seed": SEED, "scale": scale.name, "config_hash": config_hash(ident),
                    "external": True, "checkpoint": str(ckpt.resolve()), "open_clip_model": name,
                    "compute": {}, "history": [], "stats": {}, "evals": summary}
-        write_json(folder / "metrics.json", metrics)
+        write_json(run.metrics, metrics)
     rebuild_csv(Path(results), scale.name)
     return metrics

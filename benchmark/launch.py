@@ -105,7 +105,7 @@ def _run_in_order(specs, executor, console, methods_dir, where) -> list[Outcome]
             failed.add((spec.method, spec.seed))
             console.finish(label, f"skipped: {outcomes[-1].detail}", trained=False)
             continue
-        if not spec.force and (spec.dir / "metrics.json").exists():
+        if not spec.force and spec.folder.finished:
             check_config(spec, identity(spec))          # a foreign run folder is refused, not reported as done
             outcomes.append(Outcome(spec, "done", ALREADY_FINISHED))
             console.finish(label, ALREADY_FINISHED, trained=False)

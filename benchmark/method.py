@@ -12,14 +12,15 @@ its paper changes, as in solo-learn's base class:
 - ``requires(cfg)``                    runs that must finish first (UTA's teacher);
 - ``phases()``                         parts of training whose per-step cost differs (FLIP's unmasked tuning);
 - ``lr_stages()``                      parts of training with their own learning-rate schedule (the same tuning);
-- ``stats()``                          realised mask ratio and other statistics for the log.
+- ``stats()``                          realised mask ratio and other statistics for the log;
+- ``selection_probe(batch, progress)`` the token selection the method adds, as a call ``benchmark perf`` times.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import open_clip
 import torch
@@ -91,6 +92,11 @@ class Method(nn.Module):
 
     def stats(self) -> dict[str, float]:
         return dict(self._stats)
+
+    def selection_probe(self, batch: dict, progress: float) -> tuple[str, Callable[[], object]] | None:
+        """(what it is, a call running only it): the token selection this method adds to its step, from inputs the
+        step computes anyway, for ``benchmark perf`` to time against the whole step. None: no selection to time."""
+        return None
 
     # ---- helpers for subclasses ---------------------------------------------------------------------------
     def forward(self, batch: dict, progress: float) -> dict[str, torch.Tensor]:

@@ -9,7 +9,6 @@ changes, at most every ``every_s`` seconds.
 """
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from benchmark import checkpoint
+from benchmark.run_folder import RunFolder
 
 
 @dataclass
@@ -59,26 +59,18 @@ def duration(seconds: float) -> str:
 
 def read(run_dir: Path) -> RunProgress | None:
     """The newest training row of ``run_dir/train.jsonl`` (None before the first one is written)."""
-    log = Path(run_dir) / "train.jsonl"
-    try:
-        lines = log.read_text().splitlines()
-    except OSError:
+    rows = [row for row in RunFolder(Path(run_dir)).log_rows()
+            if row.get("type") != "eval" and "step" in row and "steps_total" in row]
+    if not rows:
         return None
-    for line in reversed(lines):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue                          # a line being written
-        if row.get("type") == "eval" or "step" not in row or "steps_total" not in row:
-            continue
-        return RunProgress(step=int(row["step"]), total=int(row["steps_total"]), loss=row.get("loss"),
-                           wall_time_s=float(row.get("wall_time_s", 0.0)), samples=int(row.get("samples", 0)))
-    return None
+    row = rows[-1]
+    return RunProgress(step=int(row["step"]), total=int(row["steps_total"]), loss=row.get("loss"),
+                       wall_time_s=float(row.get("wall_time_s", 0.0)), samples=int(row.get("samples", 0)))
 
 
 def resume_step(run_dir: Path) -> int | None:
     """The step a run will resume from (its newest verified checkpoint), or None for a fresh start."""
-    last = checkpoint.latest(Path(run_dir) / "checkpoints")
+    last = checkpoint.latest(RunFolder(Path(run_dir)).checkpoints)
     return int(last.stem.split("_")[1]) if last is not None else None
 
 

@@ -1,16 +1,8 @@
-"""Results layout (docs/design.md, "Results")::
-
-    results/<scale>/<method>/seed<k>/
-        config.json     what the run is (method config, scale, match, data fingerprint, code version)
-        train.jsonl     training log (losses, lr, method statistics; periodic evaluations)
-        checkpoints/    step_*.pt (+ .sha256)
-        model.pt        the exported open_clip CLIP state dict
-        metrics.json    compute (steps, samples, FLOPs, wall time, images/s) and the main metric per task
-        evals/<task>.json   clip_benchmark's keys (dataset, model, task, metrics) + run identity and compute
-        error.json      present when the run failed: the error and its traceback
-    results/<scale>/results.csv   one tidy table over every run (one row per run, task, dataset, metric; external
-                                  is true for a checkpoint maskbench did not train, `eval --checkpoint`)
-    results/<scale>/<label>/seed0/  such an external checkpoint: config.json, metrics.json and evals/ as a run's
+"""Writing and reading results (docs/design.md, "Results"): JSON files written atomically, the code version, and
+``results/<scale>/results.csv`` rebuilt from every run's evaluations (one row per run, task, dataset, metric;
+``external`` is true for a checkpoint maskbench did not train, ``eval --checkpoint``, whose folder
+``<label>/seed0`` holds config.json, metrics.json and evals/ as a run's). A run folder's layout:
+``benchmark.run_folder``.
 """
 from __future__ import annotations
 
@@ -26,6 +18,7 @@ import pandas as pd
 from benchmark import REPO_ROOT
 from benchmark.checkpoint import atomic_write_bytes
 from benchmark.errors import DamagedFile
+from benchmark.run_folder import RunFolder
 
 CSV_COLUMNS = ["scale", "method", "seed", "task", "dataset", "metric", "value", "main", "chance",
                "steps", "samples_seen", "train_flops", "flops_per_step", "wall_time_s", "images_per_s",
@@ -41,7 +34,7 @@ def pool_hash(identity: dict) -> str:
 
 
 def run_dir(results: Path, scale: str, method: str, seed: int) -> Path:
-    return Path(results) / scale / method / f"seed{seed}"
+    return RunFolder.of(results, scale, method, seed).path
 
 
 def write_json(path: Path, obj) -> None:
@@ -116,7 +109,7 @@ def rebuild_csv(results: Path, scale: str, quiet: bool = False) -> Path | None:
 
 def _write_csv(root: Path, scale: str) -> tuple[Path, list[tuple[Path, str]]]:
     rows, skipped = [], []
-    for ev in sorted(root.glob("*/seed*/evals/*.json")):
+    for ev in [e for run in RunFolder.all_under(root.parent, scale) for e in sorted(run.evals.glob("*.json"))]:
         try:
             r = json.loads(ev.read_bytes().decode("utf-8"))
             if "metrics" not in r:

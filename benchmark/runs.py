@@ -14,7 +14,7 @@ import shutil
 import time
 import traceback
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import open_clip
@@ -24,9 +24,9 @@ from benchmark import checkpoint, discovery, distributed, planning, tracking
 from benchmark.data.train_data import load_training_data
 from benchmark.errors import DamagedFile, RunFailed, RunLocked, UserError, storage_error
 from benchmark.evaluation import suite
-from benchmark.method import Context
-from benchmark.results import (code_version, pool_hash, read_json, read_state, rebuild_csv, run_dir,
-                               write_json)
+from benchmark.model import build_clip, load_clip  # noqa: F401 - build_clip: the old import path
+from benchmark.results import code_version, pool_hash, read_json, read_state, rebuild_csv, write_json
+from benchmark.run_folder import RunFolder
 from benchmark.scales import Scale, get_scale
 from benchmark.train import Interrupted, StopFlag, TrainPlan, train
 
@@ -48,8 +48,12 @@ class RunSpec:
     scale_source: dict | None = None   # where it came from: file, sha256, --set values (kept in config.json)
 
     @property
+    def folder(self) -> RunFolder:
+        return RunFolder.of(self.results, self.scale, self.method, self.seed)
+
+    @property
     def dir(self) -> Path:
-        return run_dir(Path(self.results), self.scale, self.method, self.seed)
+        return self.folder.path
 
     def label(self) -> str:
         return f"{self.scale}/{self.method}/seed{self.seed}"
@@ -83,16 +87,11 @@ def config_hash(ident: dict) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def build_clip(scale, seed: int) -> open_clip.CLIP:
-    torch.manual_seed(seed)
-    return open_clip.CLIP(**scale.model)
-
-
 @contextmanager
 def run_lock(folder: Path):
     """One writer per run folder: a second ``run`` on the same run fails fast instead of interleaving."""
     folder.mkdir(parents=True, exist_ok=True)
-    f = open(folder / ".lock", "a+")
+    f = open(RunFolder(folder).lock, "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -106,27 +105,27 @@ def run_lock(folder: Path):
         f.close()
 
 
-def _trained_anything(folder: Path) -> bool:
-    return any((folder / name).exists() for name in ("checkpoints", "train.jsonl", "metrics.json", "model.pt"))
+def _trained_anything(folder: RunFolder) -> bool:
+    return any(p.exists() for p in (folder.checkpoints, folder.log, folder.metrics, folder.model))
 
 
 def check_config(spec: RunSpec, ident: dict) -> None:
     """Refuse a run folder that holds a different config (never mix two configs' checkpoints or numbers), and a
     damaged config.json or metrics.json (named, with the fix). A config.json whose run never trained a step (a
     refusal after it was written) holds nothing to mix: the new config replaces it."""
-    path = spec.dir / "config.json"
+    path = spec.folder.config
     if path.exists() and not spec.force:
         old = read_state(path)
-        if old.get("config_hash") != config_hash(ident) and _trained_anything(spec.dir):
+        if old.get("config_hash") != config_hash(ident) and _trained_anything(spec.folder):
             changed = sorted(k for k in ident if json.dumps(old.get("identity", {}).get(k), sort_keys=True,
                                                             default=str) != json.dumps(ident[k], sort_keys=True,
                                                                                        default=str))
             raise UserError(f"{spec.dir} holds a run with a different config (differs in: {', '.join(changed)}); "
                             "use another --results folder, or --force to discard it")
-    if (spec.dir / "metrics.json").exists() and not spec.force:
-        metrics = read_state(spec.dir / "metrics.json")
+    if spec.folder.finished and not spec.force:
+        metrics = read_state(spec.folder.metrics)
         if "compute" not in metrics or "evals" not in metrics:
-            raise DamagedFile(f"{spec.dir / 'metrics.json'} is damaged (no compute or evals record); delete it and "
+            raise DamagedFile(f"{spec.folder.metrics} is damaged (no compute or evals record); delete it and "
                               "run the same `benchmark run` command again: the run re-exports and re-evaluates "
                               "from its last checkpoint")
 
@@ -176,9 +175,7 @@ def device_for_run() -> torch.device:
 
 def discard_outputs(folder: Path, config: bool = False) -> None:
     """What --force discards: checkpoints, logs, model, evaluations, metrics, error (and the config record)."""
-    for name in ("checkpoints", "evals", "metrics.json", "train.jsonl", "model.pt", "error.json") \
-            + (("config.json",) if config else ()):
-        p = folder / name
+    for p in RunFolder(folder).outputs(config):
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
 
@@ -190,21 +187,21 @@ def _prepare(spec: RunSpec, ident: dict) -> dict | None:
         check_siblings(spec, ident)
     if spec.force:
         discard_outputs(spec.dir)
-    metrics_path = spec.dir / "metrics.json"
-    if metrics_path.exists():
-        return read_state(metrics_path)
-    write_json(spec.dir / "config.json", {"config_hash": config_hash(ident), "identity": ident,
-                                          "code_version": code_version(), "torch": torch.__version__,
-                                          "open_clip": open_clip.__version__, "segments": _segments(spec, ident),
-                                          **({"scale_source": spec.scale_source} if spec.scale_source else {})})
-    (spec.dir / "error.json").unlink(missing_ok=True)
+    folder = spec.folder
+    if folder.finished:
+        return read_state(folder.metrics)
+    write_json(folder.config, {"config_hash": config_hash(ident), "identity": ident,
+                               "code_version": code_version(), "torch": torch.__version__,
+                               "open_clip": open_clip.__version__, "segments": _segments(spec, ident),
+                               **({"scale_source": spec.scale_source} if spec.scale_source else {})})
+    folder.error.unlink(missing_ok=True)
     return None
 
 
 # ---- provenance: one record per segment of training (a start or a resume), appended, never rewritten ---------------
 def _segments(spec: RunSpec, ident: dict) -> list[dict]:
     """The segments config.json records for this config (none after --force, or where another config stood)."""
-    path = spec.dir / "config.json"
+    path = spec.folder.config
     if spec.force or not path.exists():
         return []
     old = read_state(path)
@@ -213,14 +210,14 @@ def _segments(spec: RunSpec, ident: dict) -> list[dict]:
 
 def resume_step(folder: Path) -> int:
     """The step training resumes from: that of the newest verified checkpoint (0 without one)."""
-    last = checkpoint.latest(folder / "checkpoints")
+    last = checkpoint.latest(RunFolder(folder).checkpoints)
     return int(last.stem.split("_")[1]) if last is not None else 0
 
 
 def check_resume_data(spec: RunSpec, fingerprint: str) -> None:
     """Refuse to resume checkpoints on data other than the data they were trained on."""
-    path = spec.dir / "config.json"
-    if spec.force or not path.exists() or (spec.dir / "metrics.json").exists():
+    path = spec.folder.config
+    if spec.force or not path.exists() or spec.folder.finished:
         return
     segments = read_state(path).get("segments", [])
     step = resume_step(spec.dir)
@@ -238,7 +235,7 @@ def record_segment(spec: RunSpec, fingerprint: str, is_main: bool = True) -> Non
     check_resume_data(spec, fingerprint)
     if not is_main:
         return
-    path = spec.dir / "config.json"
+    path = spec.folder.config
     record = read_state(path)
     record["data_fingerprint"] = fingerprint
     record["segments"] = list(record.get("segments", [])) + [{
@@ -269,7 +266,7 @@ def execute(spec: RunSpec, progress_bar: bool = True, stop: StopFlag | None = No
             if storage_error(e) is not None:          # a full or read-only disk: the user's to fix, not the run's
                 raise storage_error(e) from None
             if env.is_main:
-                write_json(spec.dir / "error.json", {"error": f"{type(e).__name__}: {e}",
+                write_json(spec.folder.error, {"error": f"{type(e).__name__}: {e}",
                                                      "traceback": traceback.format_exc(), "time": time.time()})
             raise RunFailed(f"{spec.label()} failed: {type(e).__name__}: {e} (details in {spec.dir}/error.json)") \
                 from e
@@ -277,9 +274,8 @@ def execute(spec: RunSpec, progress_bar: bool = True, stop: StopFlag | None = No
 
 
 def _build_method(info, spec: RunSpec, scale, ident: dict, device, rank: int = 0, world_size: int = 1):
-    ctx = Context(scale=scale, device=device, seed=spec.seed, rank=rank, world_size=world_size,
-                  results_root=Path(spec.results))
-    return info.cls(build_clip(scale, spec.seed), ident["method_config"], ctx).to(device)
+    return discovery.build_method(info, scale, seed=spec.seed, device=device, cfg=ident["method_config"], rank=rank,
+                                  world_size=world_size, results_root=Path(spec.results))
 
 
 def _train_and_evaluate(spec: RunSpec, scale, ident: dict, progress_bar: bool,
@@ -326,14 +322,14 @@ def _train_and_evaluate(spec: RunSpec, scale, ident: dict, progress_bar: bool,
                "wall_time_s": round(state.wall_time_s, 3),
                "images_per_s": round(steps * batch_size / max(state.wall_time_s, 1e-9), 2)}
     compute.update(getattr(method, "extra_compute", lambda: {})())
-    checkpoint.atomic_torch_save(method.export(), spec.dir / "model.pt")
+    checkpoint.atomic_torch_save(method.export(), spec.folder.model)
     metrics = {"method": spec.method, "seed": spec.seed, "scale": spec.scale, "config_hash": config_hash(ident),
                "compute": compute, "history": state.history, "stats": method.stats(), "machine": machine(device)}
     metrics["evals"] = evaluate_run(spec, scale, ident, compute, device)
     if tracker is not None:
         tracker.log_final(metrics["evals"], steps)
         tracker.close()
-    write_json(spec.dir / "metrics.json", metrics)
+    write_json(spec.folder.metrics, metrics)
     rebuild_csv(Path(spec.results), spec.scale)
     return metrics
 
@@ -345,10 +341,8 @@ def machine(device) -> dict:
 
 
 def load_exported(spec: RunSpec, scale, device) -> open_clip.CLIP:
-    """The exported model, loaded strictly into a fresh open_clip CLIP (what every evaluation uses)."""
-    model = open_clip.CLIP(**scale.model)
-    model.load_state_dict(torch.load(spec.dir / "model.pt", map_location="cpu", weights_only=True), strict=True)
-    return model.to(device).eval()
+    """The run's exported model (what every evaluation uses): ``model.load_clip`` of its ``model.pt``."""
+    return load_clip(spec.folder.model, scale, device, what=f"the exported model of {spec.label()}")
 
 
 def evaluate_run(spec: RunSpec, scale, ident: dict, compute: dict, device) -> dict:
@@ -358,7 +352,7 @@ def evaluate_run(spec: RunSpec, scale, ident: dict, compute: dict, device) -> di
     results = suite.evaluate(model, scale, scale.eval_suite, device, spec.dataset_root)
     run_meta = {"method": spec.method, "seed": spec.seed, "scale": spec.scale, "config_hash": config_hash(ident),
                 "code_version": code_version(), "run_dir": str(spec.dir)}
-    summary = write_evals(spec.dir, results, run_meta, compute, spec.method, str(spec.dir / "model.pt"))
+    summary = write_evals(spec.dir, results, run_meta, compute, spec.method, str(spec.folder.model))
     summary["eval_time_s"] = round(time.perf_counter() - t0, 3)
     return summary
 
@@ -366,7 +360,7 @@ def evaluate_run(spec: RunSpec, scale, ident: dict, compute: dict, device) -> di
 def write_evals(folder: Path, results: dict, run_meta: dict, compute: dict, model: str, pretrained: str) -> dict:
     """``folder/evals/<task>[.<dataset>].json`` from ``suite.evaluate``'s results; returns the main metric per
     task and dataset (or the task's error)."""
-    evals_dir = folder / "evals"
+    evals_dir = RunFolder(folder).evals
     shutil.rmtree(evals_dir, ignore_errors=True)
     summary = {}
     for task, res in results.items():
@@ -390,18 +384,15 @@ def reevaluate(spec: RunSpec) -> dict:
     """``benchmark eval``: evaluate a finished run's exported model again, without retraining."""
     scale = spec_scale(spec)
     ident = identity(spec)
-    if not (spec.dir / "metrics.json").exists():          # refused before the lock creates the folder
+    folder = spec.folder
+    if not folder.finished:                                # refused before the lock creates the folder
         raise UserError(f"{spec.dir} has no finished run to evaluate; train it first with `benchmark run`")
     with run_lock(spec.dir):
-        if not (spec.dir / "metrics.json").exists() or not (spec.dir / "model.pt").exists():
+        if not folder.finished or not folder.model.exists():
             raise UserError(f"{spec.dir} has no finished run to evaluate; train it first with `benchmark run`")
         check_config(spec, ident)
-        metrics = read_state(spec.dir / "metrics.json")
+        metrics = read_state(folder.metrics)
         metrics["evals"] = evaluate_run(spec, scale, ident, metrics["compute"], device_for_run())
-        write_json(spec.dir / "metrics.json", metrics)
+        write_json(folder.metrics, metrics)
         rebuild_csv(Path(spec.results), spec.scale)
         return metrics
-
-
-def spec_dict(spec: RunSpec) -> dict:
-    return asdict(spec)

@@ -9,7 +9,7 @@
   preemption; the job finishes its step, saves a checkpoint, and submitit requeues the same call, which resumes
   from that checkpoint. ``max_requeues`` (submitit's ``slurm_max_num_timeout``, default 3) bounds the requeues.
 - Several tasks (one per GPU, or ``tasks_per_node``) train with DDP (``benchmark.distributed``).
-- ``slurm.json`` in the run folder records the job id, so ``benchmark status`` can ask sacct about it.
+- ``slurm.json`` in the run folder (``RunFolder.slurm``) records the job id, so ``benchmark status`` can ask sacct about it.
 """
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ import yaml
 from benchmark import discovery, distributed
 from benchmark.errors import UserError
 from benchmark.results import read_json, write_json
+from benchmark.run_folder import RunFolder
 from benchmark.runs import RunSpec, check_config, discard_outputs, execute, identity, run_lock, spec_scale
-from benchmark.status import ACTIVE_STATES, RECORD, job_states
+from benchmark.status import ACTIVE_STATES, job_states
 from benchmark.sweep import Outcome, requirements
 from benchmark.train import Interrupted, StopFlag
 
@@ -152,7 +153,7 @@ def load_profile(path: str | os.PathLike | None) -> Profile:
 
 
 @dataclass(frozen=True)
-class Resources:
+class JobResources:
     """What one job asks for, after the profile is applied to the scale's defaults."""
 
     nodes: int
@@ -167,10 +168,10 @@ class Resources:
         return self.nodes * self.tasks_per_node
 
 
-def resources(profile: Profile, scale) -> Resources:
+def resources(profile: Profile, scale) -> JobResources:
     base = scale.resources
     gpus = profile.gpus_per_node if profile.gpus_per_node is not None else base.gpus_per_node
-    res = Resources(nodes=profile.nodes or base.nodes,
+    res = JobResources(nodes=profile.nodes or base.nodes,
                     tasks_per_node=gpus if gpus else (profile.tasks_per_node or 1),
                     gpus_per_node=gpus,
                     cpus_per_task=profile.cpus_per_task or base.cpus_per_task,
@@ -233,7 +234,7 @@ class TrainJob(submitit.helpers.Checkpointable):
                 stop.forward()
             except Exception as e:
                 if env.is_main:            # submitit would not requeue (max_requeues reached): say so in the run
-                    write_json(spec.dir / "error.json", {
+                    write_json(spec.folder.error, {
                         "error": f"{type(e).__name__}: {e} ({stopped}; raise max_requeues or time_min in the profile, "
                                  "then submit again: the run resumes from its checkpoint)", "time": time.time()})
                 raise
@@ -248,7 +249,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
 
 def _record_start(run_dir: Path) -> None:
-    path = run_dir / RECORD
+    path = RunFolder(run_dir).slurm
     record = read_json(path) if path.exists() else {}
     record.setdefault("starts", []).append({
         "job_id": _current_job_id(), "restart": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
@@ -262,7 +263,7 @@ def _current_job_id() -> str:
 
 
 def recorded_job(run_dir: Path) -> str | None:
-    path = run_dir / RECORD
+    path = RunFolder(run_dir).slurm
     if not path.exists():
         return None
     try:
@@ -312,7 +313,7 @@ def submit_sweep(specs: list[RunSpec], profile_path: str | None = None, methods_
             _discard(spec)
         else:
             check_config(spec, identity(spec))       # refuse a foreign run folder now, not in the job
-        if not spec.force and (spec.dir / "metrics.json").exists():
+        if not spec.force and spec.folder.finished:
             outcomes[key] = Outcome(spec, "done", "already finished (metrics.json)")
             continue
         if active:
@@ -354,7 +355,7 @@ def _discard(spec: RunSpec) -> None:
 
 
 def _record_submission(spec: RunSpec, job_id: str, deps: str, profile: Profile, folder: Path) -> None:
-    path = spec.dir / RECORD
+    path = spec.folder.slurm
     old = read_json(path) if path.exists() else {}
     previous = old.get("previous_job_ids", []) + ([old["job_id"]] if old.get("job_id") else [])
     write_json(path, {"job_id": job_id, "submitted": time.time(), "dependency": deps or None,

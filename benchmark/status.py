@@ -7,7 +7,6 @@ that died without one, the Slurm state and the job's log).
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -18,8 +17,9 @@ from pathlib import Path
 from benchmark import checkpoint, progress
 from benchmark.errors import DamagedFile, UserError
 from benchmark.results import read_json, read_state
+from benchmark.run_folder import RunFolder
 
-RECORD = "slurm.json"            # written by benchmark.slurm at submission: the run's job id, its submitit folder
+RECORD = RunFolder.SLURM_RECORD   # the old name of ``RunFolder.slurm``'s file, for code that imports it from here
 _DIED = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
 
@@ -66,7 +66,7 @@ def job_states(job_ids: list[str]) -> dict[str, dict] | None:
 
 def job_logs(run_dir: Path) -> tuple[Path, Path] | None:
     """The submitit stdout/stderr files of the run's recorded job."""
-    path = run_dir / RECORD
+    path = RunFolder(run_dir).slurm
     if not path.exists():
         return None
     rec = read_json(path)
@@ -89,26 +89,20 @@ class RunStatus:
 
 def _progress(run_dir: Path) -> tuple[int | None, int | None]:
     """(last logged step, planned steps) from train.jsonl; metrics.json's step count once finished."""
-    metrics = run_dir / "metrics.json"
-    if metrics.exists():
-        steps = read_state(metrics).get("compute", {}).get("steps")
+    folder = RunFolder(run_dir)
+    if folder.finished:
+        steps = read_state(folder.metrics).get("compute", {}).get("steps")
         return steps, steps
     step = total = None
-    log = run_dir / "train.jsonl"
-    if log.exists():
-        for line in log.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue                          # a line being written
-            if row.get("type") == "eval" or "step" not in row:
-                continue
-            step, total = row["step"], row.get("steps_total", total)
+    for row in folder.log_rows():
+        if row.get("type") == "eval" or "step" not in row:
+            continue
+        step, total = row["step"], row.get("steps_total", total)
     return step, total
 
 
 def _checkpoint(run_dir: Path) -> tuple[str, int | None]:
-    last = checkpoint.latest(run_dir / "checkpoints")
+    last = checkpoint.latest(RunFolder(run_dir).checkpoints)
     if last is None:
         return "-", None
     step = int(last.stem.split("_")[1])
@@ -137,8 +131,9 @@ def collect(results: Path, scale: str) -> list[RunStatus]:
     if not root.is_dir():
         raise UserError(f"no runs under {root}: check --results and --scale (runs are written to "
                         "<results>/<scale>/<method>/seed<k>)")
-    run_dirs = sorted(d for d in root.glob("*/seed*") if d.is_dir()
-                      and any((d / f).exists() for f in ("config.json", RECORD, "train.jsonl")))
+    folders = {d.path: d for d in map(RunFolder, sorted(root.glob("*/seed*")))
+               if d.path.is_dir() and any(f.exists() for f in (d.config, d.slurm, d.log))}
+    run_dirs = list(folders)
     damaged: dict[Path, str] = {}            # a state file that cannot be read: shown on its run's row
 
     def state(path: Path) -> dict | None:
@@ -149,13 +144,13 @@ def collect(results: Path, scale: str) -> list[RunStatus]:
         except DamagedFile as e:
             damaged.setdefault(path.parent, str(e))
             return None
-    records = {d: state(d / RECORD) for d in run_dirs}
+    records = {d: state(f.slurm) for d, f in folders.items()}
     states = job_states([r["job_id"] for r in records.values() if r and r.get("job_id")])
     out = []
     for d in run_dirs:
         rec = records[d]
         job = rec.get("job_id") if rec else None
-        error = (state(d / "error.json") or {}).get("error", "")
+        error = (state(folders[d].error) or {}).get("error", "")
         if not job:
             slurm = "local"
         elif states is None:
@@ -186,7 +181,7 @@ def collect(results: Path, scale: str) -> list[RunStatus]:
         live = ""
         if d in damaged:
             detail = damaged[d]
-        elif (d / "metrics.json").exists():
+        elif folders[d].finished:
             detail = "done"
         else:
             detail = error or ""

@@ -1,8 +1,8 @@
 """One training loop for every method (nanoGPT-style: everything a step does is visible here).
 
-AdamW with open_clip's parameter groups, linear warmup then cosine, optional gradient clipping, bf16 autocast on GPU,
-the method's ``after_optimizer_step`` (logit-scale clamp, EMA). Checkpoints every N steps and at the end;
-on start the run resumes from its latest checkpoint and continues exactly as if never stopped: model,
+AdamW with open_clip's parameter groups, linear warmup then cosine, and ``train_step``: bf16 autocast on GPU,
+optional gradient clipping, the method's ``after_optimizer_step`` (logit-scale clamp, EMA). Checkpoints every N steps and
+at the end; on start the run resumes from its latest checkpoint and continues exactly as if never stopped: model,
 optimizer, RNG state and data position (the batch of a step is a function of the seed and the step).
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tqdm import tqdm
 from benchmark import checkpoint, distributed
 from benchmark.faults import maybe_kill
 from benchmark.errors import NonFiniteLoss
+from benchmark.run_folder import RunFolder
 from benchmark.scales import Optim
 
 
@@ -89,6 +90,36 @@ def scheduled_lr(step: int, plan: "TrainPlan") -> tuple[float, bool]:
     return lr, i > 0 and step == first
 
 
+def autocast_for(device) -> torch.autocast:
+    """The trainer's precision: bf16 autocast on GPU, fp32 on CPU."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def train_step(model: torch.nn.Module, method, opt: torch.optim.Optimizer, batch: dict, progress: float, lr: float,
+               grad_clip: float | None, device, step: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimizer step, the only one there is: the loop below, ``benchmark perf`` and any script call it.
+
+    Sets ``lr``, runs the method's ``training_step`` (through ``model``: the method or its DDP wrapper) under
+    ``autocast_for(device)``, refuses a non-finite loss, backward, gradient clipping, the optimizer step and the
+    method's ``after_optimizer_step``. Returns the named losses and the gradient norm (before clipping)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with autocast_for(device):
+        losses = model(batch, progress)
+    loss = losses["loss"]
+    if not torch.isfinite(loss.detach()).all():
+        values = {k: float(v.detach().float()) for k, v in losses.items()}
+        raise NonFiniteLoss(f"non-finite loss at step {step}: {values}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = clip_gradients(method.parameters(), grad_clip)
+    opt.step()
+    method.after_optimizer_step(progress)
+    return losses, grad_norm
+
+
 @dataclass
 class TrainPlan:
     steps: int
@@ -133,26 +164,13 @@ def _restore_rng(states: dict | list, device, rank: int = 0) -> None:
         torch.cuda.set_rng_state(states["cuda"], device)
 
 
-def _log_rows(path: Path) -> list[dict]:
-    """The rows of ``train.jsonl``; a line cut short (a kill mid-write) or garbled is dropped, not fatal."""
-    rows = []
-    for ln in path.read_bytes().decode("utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(ln)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
-def _truncate_log(path: Path, step: int) -> None:
+def _truncate_log(folder: RunFolder, step: int) -> None:
     """Drop log lines written after the checkpoint we resume from, so the log reads as one clean run. Rewritten
     beside and renamed (a kill during the rewrite leaves the old log, never half of it)."""
-    if not path.exists():
+    if not folder.log.exists():
         return
-    keep = [row for row in _log_rows(path) if row.get("step", 0) <= step]
-    checkpoint.atomic_write_bytes(path, "".join(json.dumps(row) + "\n" for row in keep).encode())
+    keep = [row for row in folder.log_rows() if row.get("step", 0) <= step]
+    checkpoint.atomic_write_bytes(folder.log, "".join(json.dumps(row) + "\n" for row in keep).encode())
 
 
 def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, device,
@@ -161,7 +179,8 @@ def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, 
           tracker=None) -> TrainState:
     """Train ``model`` (the method, or its DDP wrapper) for ``plan.steps``, resuming from ``run_dir``.
     ``tracker``: a ``benchmark.tracking.Trackers`` (rank 0) that receives every log row and periodic evaluation."""
-    ckpt_dir, log_path = run_dir / "checkpoints", run_dir / "train.jsonl"
+    folder = RunFolder(run_dir)
+    ckpt_dir, log_path = folder.checkpoints, folder.log
     opt = make_optimizer(method, plan.optim)
     state = TrainState()
     last = checkpoint.latest(ckpt_dir)
@@ -176,11 +195,9 @@ def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, 
         if rank == 0:
             print(f"resuming {run_dir} from {last.name} (step {state.step} of {plan.steps})", flush=True)
     if rank == 0:
-        _truncate_log(log_path, state.step)
+        _truncate_log(folder, state.step)
     if tracker is not None:
         tracker.start(state.step)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda" \
-        else torch.autocast("cpu", enabled=False)
 
     def save():
         # Every rank reaches save() at the same step; the RNG states of all ranks are gathered, rank 0 writes.
@@ -208,21 +225,12 @@ def train(model: torch.nn.Module, method, data, plan: TrainPlan, run_dir: Path, 
             lr, new_stage = scheduled_lr(step, plan)
             if new_stage:
                 opt.state.clear()                     # a later stage starts as a separate run would
-            for group in opt.param_groups:
-                group["lr"] = lr
             batch = data.batch(step, plan.batch_size, plan.seed, device, rank, world_size)
-            with autocast:
-                losses = model(batch, progress)
-            loss = losses["loss"]
-            if not torch.isfinite(loss.detach()).all():
-                values = {k: float(v.detach().float()) for k, v in losses.items()}
-                raise NonFiniteLoss(f"non-finite loss at step {step}: {values}; the last good checkpoint "
-                                    f"is kept in {ckpt_dir}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = clip_gradients(method.parameters(), plan.optim.grad_clip)
-            opt.step()
-            method.after_optimizer_step(progress)
+            try:
+                losses, grad_norm = train_step(model, method, opt, batch, progress, lr, plan.optim.grad_clip, device,
+                                               step)
+            except NonFiniteLoss as e:
+                raise NonFiniteLoss(f"{e}; the last good checkpoint is kept in {ckpt_dir}") from None
             state.step += 1
             state.wall_time_s += time.perf_counter() - t0
             bar.update()

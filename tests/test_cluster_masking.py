@@ -8,9 +8,7 @@ import torch
 
 from benchmark.blocks import patch_embed, patchify
 from benchmark.data.train_data import load_training_data
-from benchmark.discovery import discover
-from benchmark.method import Context
-from benchmark.runs import build_clip
+from benchmark.discovery import build_method, discover
 from benchmark.scales import get_scale
 
 INFO = discover()["cluster_masking"]
@@ -19,7 +17,7 @@ M = inspect.getmodule(INFO.cls)        # the method module: selection functions 
 
 def build(scale_name="smoke", **overrides):
     scale = get_scale(scale_name)
-    return INFO.cls(build_clip(scale, 0), INFO.config(scale_name, overrides), Context(scale=scale))
+    return build_method(INFO, scale, overrides=overrides)
 
 
 def unpatchify(patches: torch.Tensor, patch: int, grid: int) -> torch.Tensor:

@@ -7,37 +7,32 @@ import pytest
 import torch
 
 from benchmark.data.train_data import load_training_data
-from benchmark.discovery import discover
+from benchmark.discovery import build_method, discover
 from benchmark.sweep import with_requirements
-from benchmark.method import Context
-from benchmark.runs import RunSpec, build_clip, execute
+from benchmark.runs import RunSpec, execute
 
 METHODS = sorted(discover())
 VARIANTS = sorted(f"{n}@{v}" for n, i in discover().items() for v in i.variants)
 
 
 @pytest.fixture(scope="module")
-def teacher_results(tmp_path_factory, smoke_scale):
-    """Finished smoke runs of every method that some method ``requires`` (e.g. UTA's CLIP teacher)."""
+def teacher_results(tmp_path_factory):
+    """required(name, seed) -> a results folder holding finished smoke runs of what method ``name`` ``requires``
+    at ``seed`` (UTA's CLIP teacher), trained on first need: ``-k clip`` trains none."""
     root = tmp_path_factory.mktemp("contract-results")
-    needed = set()
-    for name, info in discover().items():
-        if info.ok:
-            needed |= set(info.cls.requires(info.config("smoke")))
-    for name in sorted(needed):
-        for seed in (0, 3):      # the seeds the tests below build methods with
-            for spec in with_requirements([RunSpec(method=name, seed=seed, scale="smoke", results=str(root))]):
-                execute(spec, progress_bar=False)
-    return root
+
+    def required(name: str, seed: int) -> Path:
+        info = discover()[name]
+        assert info.ok, f"methods/{name} is broken: {info.error}"
+        for req in info.cls.requires(info.config("smoke")):
+            for spec in with_requirements([RunSpec(method=req, seed=seed, scale="smoke", results=str(root))]):
+                execute(spec, progress_bar=False)          # a finished run is not trained again
+        return root
+    return required
 
 
 def build(name: str, seed: int, scale, results: Path):
-    info = discover()[name]
-    assert info.ok, f"methods/{name} is broken: {info.error}"
-    clip = build_clip(scale, seed)
-    method = info.cls(clip, info.config("smoke"), Context(scale=scale, seed=seed, results_root=results))
-    torch.manual_seed(seed)
-    return method
+    return build_method(name, scale, seed=seed, config_scale="smoke", results_root=results)
 
 
 def one_step(method, data, scale, seed=0):
@@ -63,7 +58,7 @@ def test_folder_is_healthy(name):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_one_step_gives_finite_losses_and_gradients(name, smoke_scale, data, teacher_results):
-    method = build(name, 0, smoke_scale, teacher_results)
+    method = build(name, 0, smoke_scale, teacher_results(name, 0))
     losses = one_step(method, data, smoke_scale)
     assert "loss" in losses
     for k, v in losses.items():
@@ -91,7 +86,7 @@ def test_every_variant_builds_and_steps(name, smoke_scale, data, teacher_results
 
 @pytest.mark.parametrize("name", METHODS)
 def test_export_loads_into_open_clip_and_embeddings_are_normalised(name, smoke_scale, data, teacher_results):
-    method = build(name, 0, smoke_scale, teacher_results)
+    method = build(name, 0, smoke_scale, teacher_results(name, 0))
     state = method.export()
     clip = open_clip.CLIP(**smoke_scale.model)
     clip.load_state_dict(state, strict=True)
@@ -110,8 +105,8 @@ def test_export_loads_into_open_clip_and_embeddings_are_normalised(name, smoke_s
 
 @pytest.mark.parametrize("name", METHODS)
 def test_same_seed_same_losses(name, smoke_scale, data, teacher_results):
-    a = one_step(build(name, 3, smoke_scale, teacher_results), data, smoke_scale, seed=3)
-    b = one_step(build(name, 3, smoke_scale, teacher_results), data, smoke_scale, seed=3)
+    a = one_step(build(name, 3, smoke_scale, teacher_results(name, 3)), data, smoke_scale, seed=3)
+    b = one_step(build(name, 3, smoke_scale, teacher_results(name, 3)), data, smoke_scale, seed=3)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs between two builds with the same seed"

@@ -24,11 +24,12 @@ import torch.multiprocessing as mp
 
 from benchmark import distributed, flops
 from benchmark.data.train_data import InMemoryPairs
-from benchmark.discovery import discover
-from benchmark.method import Context
-from benchmark.runs import RunSpec, build_clip, config_hash, execute, identity
+from benchmark.discovery import build_method
+from benchmark.runs import RunSpec, config_hash, execute, identity
 from benchmark.scales import get_scale
 from benchmark.train import Interrupted, TrainPlan, train
+
+pytestmark = pytest.mark.slow       # two processes per test, whole runs
 
 SCALE = get_scale("smoke")
 BATCH = 16
@@ -47,9 +48,7 @@ def _data() -> InMemoryPairs:
 
 
 def _method(name: str, rank: int, world_size: int):
-    info = discover()[name]
-    ctx = Context(scale=SCALE, seed=0, rank=rank, world_size=world_size)
-    return info.cls(build_clip(SCALE, 0), info.config(SCALE.name), ctx)
+    return build_method(name, SCALE, rank=rank, world_size=world_size)
 
 
 def _plan(steps: int) -> TrainPlan:

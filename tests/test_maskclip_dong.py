@@ -11,18 +11,13 @@ import copy
 import pytest
 import torch
 
-from benchmark.discovery import discover
+from benchmark.discovery import build_method
 from benchmark.errors import UserError
-from benchmark.method import Context
-from benchmark.runs import build_clip
 from benchmark.train import make_optimizer
 
 
 def build(scale, seed=0, **overrides):
-    info = discover()["maskclip_dong"]
-    assert info.ok, info.error
-    method = info.cls(build_clip(scale, seed), info.config("smoke", overrides), Context(scale=scale, seed=seed))
-    return method.train()
+    return build_method("maskclip_dong", scale, seed=seed, config_scale="smoke", overrides=overrides)
 
 
 def batch(scale, n=8, seed=0):

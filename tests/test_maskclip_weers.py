@@ -9,17 +9,12 @@ import pytest
 import torch
 
 from benchmark.blocks import patchify, vit_tokens
-from benchmark.discovery import discover
+from benchmark.discovery import build_method
 from benchmark.errors import UserError
-from benchmark.method import Context
-from benchmark.runs import build_clip
 
 
 def build(scale, seed=0, **overrides):
-    info = discover()["maskclip_weers"]
-    assert info.ok, info.error
-    method = info.cls(build_clip(scale, seed), info.config("smoke", overrides), Context(scale=scale, seed=seed))
-    return method.train()
+    return build_method("maskclip_weers", scale, seed=seed, config_scale="smoke", overrides=overrides)
 
 
 def spy_keep(method):

@@ -86,17 +86,18 @@ def test_bad_repeats_is_a_user_error(tmp_path):
 
 
 def test_selection_probes_time_only_the_masking_methods_selection(tmp_path):
-    from benchmark.perf import harness, methods
+    from benchmark.discovery import build_method
+    from benchmark.perf import harness
     from benchmark.scales import get_scale
     scale, dev = get_scale("smoke"), torch.device("cpu")
     batch = harness.synthetic_pairs(scale, 64).batch(0, 8, 0, dev)
-    assert methods.selection_probe("clip", harness.build_method("clip", scale, dev), batch, 0.0) is None
-    cm = harness.build_method("cluster_masking", scale, dev)
-    label, call = methods.selection_probe("cluster_masking", cm, batch, 0.0)
+    assert build_method("clip", scale, device=dev).selection_probe(batch, 0.0) is None
+    cm = build_method("cluster_masking", scale, device=dev)
+    label, call = cm.selection_probe(batch, 0.0)
     sel = call()
     assert "select" in label and sel.keep.shape[0] == 8
-    weers = harness.build_method("maskclip_weers", scale, dev)
-    label, call = methods.selection_probe("maskclip_weers", weers, batch, 0.0)
+    weers = build_method("maskclip_weers", scale, device=dev)
+    label, call = weers.selection_probe(batch, 0.0)
     keep, scores = call()
     assert "choose_keep" in label and keep.shape[0] == 8 and scores.shape == (8, weers.n_patches)
 

@@ -9,10 +9,9 @@ import torch.nn.functional as F
 
 from benchmark.blocks import patch_embed
 from benchmark.data.train_data import load_training_data
-from benchmark.discovery import discover
+from benchmark.discovery import build_method, discover
 from benchmark.errors import UserError
-from benchmark.method import Context
-from benchmark.runs import build_clip
+from benchmark.model import build_clip
 from benchmark.train import make_optimizer
 
 INFO = discover()["uta"]
@@ -38,10 +37,8 @@ def batch(scale):
 
 
 def build(scale, teacher_file, seed=0, **overrides):
-    cfg = INFO.config("smoke", {"teacher_checkpoint": str(teacher_file), **overrides})
-    method = INFO.cls(build_clip(scale, seed), cfg, Context(scale=scale, seed=seed))
-    torch.manual_seed(seed)
-    return method
+    return build_method(INFO, scale, seed=seed, config_scale="smoke",
+                        overrides={"teacher_checkpoint": str(teacher_file), **overrides})
 
 
 def teacher_clip(scale, teacher_file):
@@ -155,14 +152,12 @@ def test_zero_shot_text_embeddings_come_from_the_teacher(scale, teacher_file, ba
 def test_requires_names_the_teacher_run_and_a_missing_teacher_is_a_clear_error(scale, tmp_path):
     assert INFO.cls.requires(INFO.config("smoke")) == ["clip"]
     assert INFO.cls.requires(INFO.config("smoke", {"teacher_checkpoint": "/x.pt"})) == []
-    cfg = INFO.config("smoke")
     with pytest.raises(UserError, match="benchmark run --methods clip --scale smoke --seeds 4"):
-        INFO.cls(build_clip(scale, 4), cfg, Context(scale=scale, seed=4, results_root=tmp_path))
+        build_method(INFO, scale, seed=4, results_root=tmp_path)
     with pytest.raises(UserError, match="teacher_checkpoint"):
-        INFO.cls(build_clip(scale, 0), cfg, Context(scale=scale))
+        build_method(INFO, scale)
     with pytest.raises(UserError, match="does not exist"):
-        INFO.cls(build_clip(scale, 0), INFO.config("smoke", {"teacher_checkpoint": str(tmp_path / "no.pt")}),
-                 Context(scale=scale))
+        build_method(INFO, scale, overrides={"teacher_checkpoint": str(tmp_path / "no.pt")})
 
 
 def test_teacher_run_is_loaded_and_its_pretraining_compute_reported(scale, teacher_file, tmp_path):
@@ -171,7 +166,7 @@ def test_teacher_run_is_loaded_and_its_pretraining_compute_reported(scale, teach
     (run / "model.pt").write_bytes(teacher_file.read_bytes())
     (run / "metrics.json").write_text(json.dumps({"config_hash": "abc123",
                                                   "compute": {"train_flops": 1234, "samples_seen": 384}}))
-    method = INFO.cls(build_clip(scale, 2), INFO.config("smoke"), Context(scale=scale, seed=2, results_root=tmp_path))
+    method = build_method(INFO, scale, seed=2, results_root=tmp_path)
     teacher = teacher_clip(scale, teacher_file)
     assert torch.equal(method.teacher.conv1.weight, teacher.visual.conv1.weight)
     extra = method.extra_compute()

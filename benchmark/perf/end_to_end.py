@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from benchmark import REPO_ROOT
+from benchmark.run_folder import RunFolder
 
 GOAL_S = 600
 TIMING_RE = re.compile(r"^timing: data ([\d.]+) s, runs ([\d.]+) s, report ([\d.]+) s", re.M)
@@ -34,11 +35,12 @@ def parse_timing(stdout: str) -> dict:
 def run_breakdown(results: Path, scale: str) -> list[dict]:
     """Per run folder: training-step time, evaluation time and the rest, in the order the runs ran."""
     rows = []
-    for metrics_path in sorted((results / scale).glob("*/seed*/metrics.json")):
-        folder = metrics_path.parent
-        m = json.loads(metrics_path.read_text())
-        start = (folder / "config.json").stat().st_mtime
-        end = metrics_path.stat().st_mtime
+    for folder in RunFolder.all_under(results, scale):
+        if not folder.finished:
+            continue
+        m = json.loads(folder.metrics.read_text())
+        start = folder.config.stat().st_mtime
+        end = folder.metrics.stat().st_mtime
         train_s = float(m["compute"]["wall_time_s"])
         eval_s = float(m.get("evals", {}).get("eval_time_s", 0.0))
         rows.append({"method": m["method"], "seed": m["seed"], "steps": m["compute"]["steps"],

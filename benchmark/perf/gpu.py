@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from benchmark.discovery import build_method
 from benchmark.perf import harness, masking, methods, timing, trainer
 from benchmark.scales import get_scale
 
@@ -36,7 +37,7 @@ def mfu(device: torch.device, repeats: int, batch_size: int = 256, scale_name: s
     name = device_name or torch.cuda.get_device_name(device)
     peak = peak_bf16(name)
     data = harness.synthetic_pairs(scale, 2 * batch_size)
-    method = harness.build_method("clip", scale, device, scale.name)
+    method = build_method("clip", scale, device=device)
     step = harness.HarnessStep(method, data, scale, device, batch_size)
     counted = harness.step_flops(method, step.batch())
     samples = timing.interleave({"vit_b16_clip": step}, repeats, warmup=3, device=device)

@@ -1,5 +1,5 @@
 """What every measure builds: the device description, methods at a scale, training data, and the harness's
-training step exactly as ``benchmark.train.train`` runs it (same optimizer, schedule, autocast, clipping, hooks).
+training step as ``benchmark.train.train`` runs it (``benchmark.train.train_step``, same optimizer and schedule).
 """
 from __future__ import annotations
 
@@ -10,15 +10,12 @@ from pathlib import Path
 
 import torch
 
-from benchmark import flops
+from benchmark import discovery, flops
 from benchmark.data.synthetic import synthetic_pairs  # noqa: F401 - measures build data through harness
 from benchmark.data.train_data import InMemoryPairs, load_training_data
-from benchmark.discovery import discover
-from benchmark.errors import NonFiniteLoss
-from benchmark.method import Context
-from benchmark.runs import build_clip
+from benchmark.model import build_clip
 from benchmark.scales import Scale
-from benchmark.train import clip_gradients, lr_at, make_optimizer
+from benchmark.train import lr_at, make_optimizer, train_step
 
 
 def cpu_model() -> str:
@@ -49,11 +46,6 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def autocast_for(device: torch.device):
-    """The trainer's precision: bf16 autocast on GPU, fp32 on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
 
 
 def training_pairs(scale: Scale, synthetic: bool = False, n: int = 4096) -> InMemoryPairs:
@@ -77,29 +69,15 @@ def teacher_checkpoint(scale: Scale, folder: Path, seed: int = 0) -> Path:
 
 def method_overrides(name: str, scratch: Path, scale: Scale) -> dict:
     """Overrides a method needs to be built outside a sweep (UTA: a teacher checkpoint instead of a run)."""
-    info = discover()[name]
+    info = discovery.discover()[name]
     if "teacher_checkpoint" in info.defaults:
         return {"teacher_checkpoint": str(teacher_checkpoint(scale, scratch))}
     return {}
 
 
-def build_method(name: str, scale: Scale, device: torch.device, config_scale: str | None = None,
-                 overrides: dict | None = None, seed: int = 0):
-    """The method ``name`` built as ``benchmark.runs`` builds it: the scale's CLIP, the method's config for
-    ``config_scale`` (default: the scale's name), on ``device``, in train mode."""
-    info = discover()[name]
-    if not info.ok:
-        raise RuntimeError(f"method {name} is broken: {info.error}")
-    cfg = info.config(config_scale or scale.name, overrides or {})
-    ctx = Context(scale=scale, device=device, seed=seed)
-    torch.manual_seed(seed)
-    return info.cls(build_clip(scale, seed), cfg, ctx).to(device).train()
-
-
 class HarnessStep:
-    """One call = one training step of ``benchmark.train.train``'s loop body: lr schedule, ``data.batch``, the
-    method's forward under the trainer's autocast, the finiteness check, backward, gradient clipping, fused
-    AdamW, ``after_optimizer_step``. Nothing else (no logging, checkpoints or periodic evaluation)."""
+    """One call = one step of ``benchmark.train.train``'s loop: the lr schedule, ``data.batch`` and
+    ``benchmark.train.train_step`` itself (no logging, checkpoints or periodic evaluation)."""
 
     def __init__(self, method, data: InMemoryPairs, scale: Scale, device: torch.device, batch_size: int | None = None,
                  progress: float = 0.0, steps_total: int = 1000, seed: int = 0):
@@ -108,24 +86,13 @@ class HarnessStep:
         self.progress, self.steps_total, self.seed = progress, steps_total, seed
         self.opt = make_optimizer(method, scale.optim)
         self.warmup = scale.optim.warmup_samples // self.batch_size
-        self.autocast = autocast_for(device)
         self.step = 0
 
     def __call__(self) -> None:
         lr = lr_at(self.step, self.steps_total, self.warmup, self.scale.optim.lr)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
         batch = self.data.batch(self.step % self.steps_total, self.batch_size, self.seed, self.device)
-        with self.autocast:
-            losses = self.method(batch, self.progress)
-        loss = losses["loss"]
-        if not torch.isfinite(loss.detach()).all():
-            raise NonFiniteLoss(f"non-finite loss in a perf step of {type(self.method).__name__}")
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_gradients(self.method.parameters(), self.scale.optim.grad_clip)
-        self.opt.step()
-        self.method.after_optimizer_step(self.progress)
+        train_step(self.method, self.method, self.opt, batch, self.progress, lr, self.scale.optim.grad_clip,
+                   self.device, self.step)
         self.step += 1
 
     def batch(self) -> dict:

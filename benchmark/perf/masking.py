@@ -13,6 +13,7 @@ import statistics
 
 import torch
 
+from benchmark.discovery import build_method
 from benchmark.perf import harness, timing
 from benchmark.scales import Scale
 
@@ -33,10 +34,10 @@ def wide_vision(scale: Scale, width_factor: int = 4, depth_factor: int = 2) -> S
 def measure_one(scale: Scale, config_scale: str, device: torch.device, repeats: int, data,
                 batch_size: int | None = None) -> dict:
     bsz = batch_size or scale.batch_size
-    contenders = {"clip": harness.build_method("clip", scale, device, config_scale)}
+    contenders = {"clip": build_method("clip", scale, device=device, config_scale=config_scale)}
     for r in RATIOS:
-        contenders[f"flip{int(r * 100)}"] = harness.build_method("flip", scale, device, config_scale,
-                                                                 {"mask_ratio": r})
+        contenders[f"flip{int(r * 100)}"] = build_method("flip", scale, device=device, config_scale=config_scale,
+                                                         overrides={"mask_ratio": r})
     steps = {name: harness.HarnessStep(m, data, scale, device, bsz) for name, m in contenders.items()}
     batch = steps["clip"].batch()
     counted = {name: harness.step_flops(m, batch) for name, m in contenders.items()}

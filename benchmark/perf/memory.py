@@ -43,6 +43,7 @@ def reset_peak() -> None:
 
 def child(method: str, scale_name: str, steps: int, overrides: dict) -> dict:
     import torch
+    from benchmark.discovery import build_method
     from benchmark.perf import harness
     from benchmark.scales import get_scale
     scale = get_scale(scale_name)
@@ -51,7 +52,7 @@ def child(method: str, scale_name: str, steps: int, overrides: dict) -> dict:
     process_peak_before = peak_rss_mib()
     before = rss_mib()
     reset_peak()
-    m = harness.build_method(method, scale, device, scale.name, overrides)
+    m = build_method(method, scale, device=device, overrides=overrides)
     step = harness.HarnessStep(m, data, scale, device, progress=m.phases()[0][1])
     harness.step_flops(m, step.batch(), step.progress)     # a run counts FLOPs on a copy of the method first
     count_peak = peak_rss_mib()

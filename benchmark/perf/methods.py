@@ -1,6 +1,6 @@
 """P3 method overheads: every discovered method's step time and counted FLOPs relative to CLIP, and the cost of
-the token selection the masking methods add (cluster masking's anchor/threshold selection, MaskCLIP-Weers'
-patch-text similarity masking) as a fraction of that method's whole step (goal: at most 3 %).
+the token selection a method adds (its ``Method.selection_probe``: cluster masking's anchor/threshold selection,
+MaskCLIP-Weers' patch-text similarity masking) as a fraction of that method's whole step (goal: at most 3 %).
 
 All methods and the selection probes run in the same interleaved rounds. UTA's frozen teacher is a freshly
 initialised CLIP export written to a scratch folder (its cost does not depend on its weights).
@@ -12,30 +12,11 @@ from typing import Callable
 
 import torch
 
-from benchmark.blocks import patch_embed, vit_tokens
-from benchmark.discovery import discover
+from benchmark.discovery import build_method, discover
 from benchmark.perf import harness, timing
 from benchmark.scales import Scale
 
 SELECTION_GOAL = 0.03
-
-
-def selection_probe(name: str, method, batch: dict, progress: float) -> tuple[str, Callable[[], object]] | None:
-    """(label, call) timing only the selection a method adds to its step, from inputs the step computes anyway
-    (patch embeddings, the full-image tokens, the caption embedding); None for methods without one."""
-    images = batch["images"]
-    if name == "cluster_masking" and hasattr(method, "select"):
-        with torch.no_grad():
-            tokens = patch_embed(method.visual, images) if method.cfg.get("use_embed") else None
-        return "select (anchors, similarity, threshold, keep indices)", \
-            lambda: method.select(images, tokens, progress)
-    if name == "maskclip_weers" and hasattr(method, "choose_keep") and method.cfg.get("masking") != "random":
-        with torch.no_grad():
-            text = method.clip.encode_text(batch["texts"])
-            full = vit_tokens(method.visual, images) if method.cfg.get("wiring") == "two_pass" else None
-        return f"choose_keep ({method.cfg['masking']}: patch-text similarity, top-k)", \
-            lambda: method.choose_keep(images, text, full)
-    return None
 
 
 def measure(scale: Scale, device: torch.device, repeats: int, scratch: Path, synthetic: bool = False) -> dict:
@@ -47,8 +28,8 @@ def measure(scale: Scale, device: torch.device, repeats: int, scratch: Path, syn
             errors[name] = f"broken folder: {info.error}"
             continue
         try:
-            built[name] = harness.build_method(name, scale, device, scale.name,
-                                               harness.method_overrides(name, scratch, scale))
+            built[name] = build_method(info, scale, device=device,
+                                       overrides=harness.method_overrides(name, scratch, scale))
         except Exception as e:  # noqa: BLE001 - a method being written by someone else must not stop the rest
             errors[name] = f"{type(e).__name__}: {e}"
     if "clip" not in built:
@@ -66,7 +47,7 @@ def measure(scale: Scale, device: torch.device, repeats: int, scratch: Path, syn
     fns: dict[str, Callable] = dict(steps)
     probes = {}
     for name, m in built.items():
-        probe = selection_probe(name, m, batch, progress[name])
+        probe = m.selection_probe(batch, progress[name])
         if probe is not None:
             probes[name] = probe[0]
             fns[f"{name}:selection"] = probe[1]

@@ -24,6 +24,7 @@ from benchmark import discovery, flops, planning
 from benchmark.data.synthetic import synthetic_pairs
 from benchmark.perf import gpu, harness
 from benchmark.scales import get_scale
+from benchmark.train import autocast_for
 
 METHODS = ("clip", "flip", "cluster_masking", "maskclip_dong", "maskclip_weers", "uta")
 
@@ -35,9 +36,9 @@ def check_method(name: str, scale, device: torch.device, batch: int, steps: int,
     data = synthetic_pairs(one_gpu, 2 * batch)
     torch.manual_seed(0)
     plan = planning.plan_run(info, cfg, one_gpu, 0, data, device, 1)
-    method = harness.build_method(name, one_gpu, device, scale.name, cfg)
+    method = discovery.build_method(info, one_gpu, device=device, cfg=cfg)
     torch.manual_seed(0)
-    with harness.autocast_for(device):        # as training runs it (the count depends on shapes, not precision)
+    with autocast_for(device):        # as training runs it (the count depends on shapes, not precision)
         counted = flops.count_step_flops(method, data.batch(0, batch, 0, device), 0.0)
     step = harness.HarnessStep(method, data, one_gpu, device, batch)
     if device.type == "cuda":

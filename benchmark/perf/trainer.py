@@ -18,6 +18,7 @@ from open_clip.loss import ClipLoss
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from benchmark.data.preprocess import normalize_images
+from benchmark.discovery import build_method
 from benchmark.perf import harness, timing
 from benchmark.scales import Scale
 
@@ -107,7 +108,7 @@ def measure(scale: Scale, device: torch.device, repeats: int, steps_per_call: in
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))   # open_clip logs each epoch
     bsz = batch_size or scale.batch_size
     data = harness.training_pairs(scale, synthetic)
-    method = harness.build_method("clip", scale, device)
+    method = build_method("clip", scale, device=device)
     state = {k: v.detach().clone() for k, v in method.clip.state_dict().items()}
     ours = HarnessLoop(harness.HarnessStep(method, data, scale, device, bsz), steps_per_call)
     theirs = OpenClipLoop(scale, state, data, device, bsz, steps_per_call)

@@ -17,6 +17,7 @@ import pandas as pd
 from benchmark.checkpoint import checkpoints
 from benchmark.errors import UserError
 from benchmark.results import CSV_COLUMNS, pool_hash
+from benchmark.run_folder import RunFolder
 
 ISSUE_COLUMNS = ["method", "seed", "task", "status", "detail"]
 RUN_COLUMNS = ["method", "seed", "status", "detail", "steps", "samples_seen", "train_flops", "flops_per_step",
@@ -66,15 +67,9 @@ def _expected_tasks(scale: str) -> list[str]:
     return list(SCALES[scale].eval_suite) if scale in SCALES else []
 
 
-def _last_logged_step(path: Path) -> int | None:
-    if not path.exists():
-        return None
+def _last_logged_step(run: RunFolder) -> int | None:
     step = None
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue                     # a line cut short by a kill
+    for row in run.log_rows():
         step = row.get("step", step)
     return step
 
@@ -82,16 +77,8 @@ def _last_logged_step(path: Path) -> int | None:
 def realised_mask_ratio(run: Path, metrics: dict) -> float | None:
     """Mean ``mask_ratio`` over the logged training steps (train.jsonl), so that a schedule (FLIP's unmasked
     tuning, a per-batch ratio) counts as trained; the last recorded value in metrics.json otherwise."""
-    values = []
-    log = run / "train.jsonl"
-    if log.exists():
-        for line in log.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row.get("type") != "eval" and isinstance(row.get("mask_ratio"), (int, float)):
-                values.append(float(row["mask_ratio"]))
+    values = [float(row["mask_ratio"]) for row in RunFolder(Path(run)).log_rows()
+              if row.get("type") != "eval" and isinstance(row.get("mask_ratio"), (int, float))]
     if values:
         return sum(values) / len(values)
     value = metrics.get("stats", {}).get("mask_ratio")
@@ -119,10 +106,10 @@ def required_compute(compute: dict, seed: int | None = None) -> tuple[float | No
     return (flops if parts else 0.0), "; ".join(parts)
 
 
-def _per_item(run: Path) -> dict:
+def _per_item(run: RunFolder) -> dict:
     """{(task, dataset): per-item scores} of one run, kept only where their mean is the recorded main metric."""
     out = {}
-    for ev in sorted((run / "evals").glob("*.json")):
+    for ev in sorted(run.evals.glob("*.json")):
         r = _read_json(ev)
         items, main = r.get("per_item"), r.get("main_metric")
         if not isinstance(items, list) or not items or main is None:
@@ -133,10 +120,10 @@ def _per_item(run: Path) -> dict:
     return out
 
 
-def _levels(run: Path) -> list[dict]:
+def _levels(run: RunFolder) -> list[dict]:
     """Reference levels an evaluation set records besides chance (zero-shot: knowing colour but not shape)."""
     out = []
-    for ev in sorted((run / "evals").glob("*.json")):
+    for ev in sorted(run.evals.glob("*.json")):
         r = _read_json(ev)
         for name, value in (r.get("notes") or {}).items():
             if name == "colour_only" and isinstance(value, (int, float)):
@@ -145,16 +132,11 @@ def _levels(run: Path) -> list[dict]:
     return out
 
 
-def _losses(run: Path, method: str, seed: int, flops_per_step) -> list[dict]:
+def _losses(run: RunFolder, method: str, seed: int, flops_per_step) -> list[dict]:
     out = []
-    log = run / "train.jsonl"
-    if not log.exists() or not isinstance(flops_per_step, (int, float)):
+    if not isinstance(flops_per_step, (int, float)):
         return out
-    for line in log.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for row in run.log_rows():
         if row.get("type") != "eval" and isinstance(row.get("loss"), (int, float)) and "step" in row:
             out.append({"method": method, "seed": seed, "step": row["step"], "loss": float(row["loss"]),
                         "train_flops": float(row["step"]) * flops_per_step})
@@ -172,9 +154,9 @@ def check_pooling(runs: pd.DataFrame, root: Path) -> None:
                             "configuration's seeds to another --results folder, or rerun it as a named variant")
 
 
-def _run_state(run: Path) -> tuple[str, str, dict]:
+def _run_state(run: RunFolder) -> tuple[str, str, dict]:
     """(status, detail, metrics) of one run folder: done, failed, or incomplete (still going or interrupted)."""
-    metrics_path, error_path = run / "metrics.json", run / "error.json"
+    metrics_path, error_path = run.metrics, run.error
     if metrics_path.exists():
         metrics = _read_json(metrics_path)
         if "compute" in metrics:
@@ -183,8 +165,8 @@ def _run_state(run: Path) -> tuple[str, str, dict]:
     if error_path.exists():
         err = _read_json(error_path)
         return "failed", str(err.get("error", "see error.json")).splitlines()[0], {}
-    ckpts = checkpoints(run / "checkpoints")
-    step = _last_logged_step(run / "train.jsonl")
+    ckpts = checkpoints(run.checkpoints)
+    step = _last_logged_step(run)
     if ckpts:
         detail = f"no metrics.json yet; last checkpoint {ckpts[-1].name}"
     elif step is not None:
@@ -212,16 +194,16 @@ def load(results: Path, scale: str) -> Results:
     run_rows, issues, history, levels, losses = [], [], [], [], []
     per_item: dict = {}
     task_errors: dict[tuple[str, int, str], str] = {}
-    folders = sorted(p for p in root.glob("*/seed*") if p.is_dir() and p.name[4:].isdigit())
+    folders = RunFolder.all_under(results, scale)
     external = sorted(set(rows.loc[rows["external"], "method"]))
     for run in folders:
-        method, seed = run.parent.name, int(run.name[4:])
+        method, seed = run.method, run.seed
         status, detail, metrics = _run_state(run)
         if metrics.get("external") and method not in external:
             external.append(method)
         method = external_label(method) if method in external else method
         comp = metrics.get("compute", {})
-        cfg = _read_json(run / "config.json") if (run / "config.json").exists() else {}
+        cfg = _read_json(run.config) if run.config.exists() else {}
         required, builds_on = required_compute(comp, seed)
         ident = cfg.get("identity")
         run_rows.append({"method": method, "seed": seed, "status": status, "detail": detail,
@@ -232,14 +214,14 @@ def load(results: Path, scale: str) -> Results:
                          "eval_time_s": (metrics.get("evals") or {}).get("eval_time_s"),
                          **{k: comp.get(k) for k in ("steps", "samples_seen", "train_flops", "flops_per_step",
                                                      "wall_time_s", "images_per_s")},
-                         "mask_ratio": realised_mask_ratio(run, metrics) if status == "done" else None,
+                         "mask_ratio": realised_mask_ratio(run.path, metrics) if status == "done" else None,
                          "match": comp.get("match") or cfg.get("identity", {}).get("match"),
                          "config_hash": metrics.get("config_hash") or cfg.get("config_hash"),
                          "code_version": cfg.get("code_version")})
         if status != "done":
             issues.append({"method": method, "seed": seed, "task": None, "status": status, "detail": detail})
             continue
-        for ev in sorted((run / "evals").glob("*.json")):
+        for ev in sorted(run.evals.glob("*.json")):
             r = _read_json(ev)
             if "error" in r:
                 task = r.get("task", ev.stem.split(".")[0])

@@ -205,3 +205,10 @@ class ClusterMasking(Method):
                     cluster_ratio=float(sel.clustered.float().mean()),
                     threshold=float(self.threshold), logit_scale=self.clip.logit_scale.exp().item())
         return {"loss": loss, "contrastive": loss.detach()}
+
+    # ---- the selection's cost (goal: under 3 % of the step; timed by `benchmark perf`, P3) ---------------------
+    def selection_probe(self, batch, progress):
+        images = batch["images"]
+        with torch.no_grad():
+            tokens = patch_embed(self.visual, images) if self.cfg["use_embed"] else None
+        return "select (anchors, similarity, threshold, keep indices)", lambda: self.select(images, tokens, progress)

@@ -132,3 +132,14 @@ class MaskCLIPWeers(Method):
                                                           - take_tokens(scores, keep).mean())
         self.record(**stats)
         return {"loss": loss, "contrastive": l_clip.detach(), "reconstruction": l_mae.detach()}
+
+    # ---- the selection's cost (timed by `benchmark perf`, P3) -----------------------------------------------------
+    def selection_probe(self, batch, progress):
+        if self.cfg["masking"] == "random":
+            return None
+        images = batch["images"]
+        with torch.no_grad():
+            text = self.clip.encode_text(batch["texts"])
+            full = vit_tokens(self.visual, images) if self.cfg["wiring"] == "two_pass" else None
+        return f"choose_keep ({self.cfg['masking']}: patch-text similarity, top-k)", \
+            lambda: self.choose_keep(images, text, full)
