@@ -1,18 +1,21 @@
-"""Command line: discovery of method folders, bad input -> exit 2 with a message naming the fix."""
+"""Command line: discovery of method folders, bad input -> exit 2 with a message naming the fix.
+
+``benchmark.cli.main`` answers in this process (``python -m benchmark`` itself runs in tests/test_readme.py)."""
 import textwrap
 
-from conftest import run_cli
+from benchmark.cli import main
 
 
-def test_list_shows_every_method_with_paper_and_summary():
-    out = run_cli("list", check=True).stdout
+def test_list_shows_every_method_with_paper_and_summary(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
     assert "clip" in out and "flip" in out and "Li, Fan, Hu" in out
 
 
-def test_unknown_method_exits_2_and_lists_available(tmp_path):
-    proc = run_cli("run", "--methods", "nosuchmethod", "--scale", "smoke", "--results", tmp_path)
-    assert proc.returncode == 2
-    assert "nosuchmethod" in proc.stderr and "clip" in proc.stderr and "flip" in proc.stderr
+def test_unknown_method_exits_2_and_lists_available(tmp_path, capsys):
+    assert main(["run", "--methods", "nosuchmethod", "--scale", "smoke", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "nosuchmethod" in err and "clip" in err and "flip" in err
     assert not any(tmp_path.iterdir()), "nothing may be written on bad input"
 
 
@@ -43,9 +46,10 @@ def _methods_dir(tmp_path):
     return root
 
 
-def test_broken_folders_are_reported_by_name_and_hide_nothing(tmp_path):
-    env = {"MASKBENCH_METHODS": str(_methods_dir(tmp_path))}
-    out = run_cli("list", env=env, check=True).stdout
+def test_broken_folders_are_reported_by_name_and_hide_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MASKBENCH_METHODS", str(_methods_dir(tmp_path)))
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
     assert "Good et al." in out
     assert "broken" in out and "nosuchmodule" in out
     assert "empty" in out and "exactly one Method subclass" in out
@@ -53,7 +57,6 @@ def test_broken_folders_are_reported_by_name_and_hide_nothing(tmp_path):
 
 
 def test_bad_values_exit_2(tmp_path, monkeypatch, capsys):
-    from benchmark.cli import main
     monkeypatch.setenv("MASKBENCH_METHODS", str(_methods_dir(tmp_path)))
     res = tmp_path / "r"
     cases = [

@@ -198,6 +198,7 @@ def _latest_step(run: Path) -> int | None:
 
 
 # ---- 1. kills (and 4. concurrency) ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_metrics_and_a_concurrent_run_is_refused(sweep, start_cli, tmp_path):
     """Killed after step a, inside the write of checkpoint b and after step c (drawn from a seeded RNG; with
     FLIP's 15 smoke steps: a = 3, before any checkpoint; b = 12; c = 15, after training and before evaluation),
@@ -276,6 +277,7 @@ def test_leftover_temporary_checkpoint_is_ignored(tmp_path):
 
 
 # ---- 2. sweep isolation ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_failing_methods_fail_alone_and_the_sweep_finishes(sweep):
     assert sweep["code"] == 1, sweep["stderr"][-3000:]
     lines = {ln.split()[0]: ln for ln in sweep["stdout"].splitlines() if "seed 0" in ln}
@@ -298,6 +300,7 @@ def test_failing_methods_fail_alone_and_the_sweep_finishes(sweep):
     assert ",flip," in csv and ",boom," not in csv and ",nanloss," not in csv
 
 
+@pytest.mark.slow
 def test_status_and_report_show_the_failures(sweep, capsys):
     assert main(["status", "--scale", "smoke", "--results", str(sweep["results"])]) == 0
     rows = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()[1:]}
@@ -446,6 +449,7 @@ def test_corrupt_shard_members_are_skipped_and_counted(bad_shards, smoke_scale, 
     assert f"skipped {report.skipped}" in err and "shard-" in err
 
 
+@pytest.mark.slow
 def test_different_config_in_the_same_results_folder_is_refused_and_nothing_changes(sweep, in_methods, tmp_path,
                                                                                     capsys):
     """A finished run (flip) and a failed one with checkpoints (nanloss), asked again with another config: exit

@@ -1,11 +1,23 @@
 """The README's walkthrough for adding a method works exactly as written."""
+import ast
 import os
 import re
 import shutil
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow       # a CLI run and a pytest run in subprocesses
+
+
+def contract_tests_per_method() -> list[str]:
+    """The tests of tests/test_contract.py that take a method ``name``: each runs once on a new folder."""
+    tree = ast.parse((REPO / "tests" / "test_contract.py").read_text())
+    return [f.name for f in tree.body if isinstance(f, ast.FunctionDef) and f.name.startswith("test_")
+            and any(a.arg == "name" for a in f.args.args)]
 
 
 def test_adding_a_method_as_the_readme_says(tmp_path):
@@ -26,4 +38,6 @@ def test_adding_a_method_as_the_readme_says(tmp_path):
                             "-k", "mymethod", "-p", "no:cacheprovider"], cwd=REPO, capture_output=True, text=True,
                            env={**os.environ, **env})
     assert tests.returncode == 0, tests.stdout[-3000:]
-    assert re.search(r"\b5 passed\b", tests.stdout) and "failed" not in tests.stdout, tests.stdout[-3000:]
+    passed = re.search(r"\b(\d+) passed\b", tests.stdout)
+    assert passed and int(passed.group(1)) == len(contract_tests_per_method()), tests.stdout[-3000:]
+    assert not re.search(r"\b(failed|errors?|skipped)\b", tests.stdout), tests.stdout[-3000:]

@@ -61,6 +61,7 @@ def _md_rows(text: str) -> tuple[list[str], dict[str, list[str]]]:
     return header, {r[0]: r for r in body}
 
 
+@pytest.mark.slow
 def test_every_output_exists(smoke):
     results, out = smoke
     for name in ("summary.md", "summary.tex", "summary.csv", "index.html", "paper_clip.md", "paper_flip.md",
@@ -70,6 +71,7 @@ def test_every_output_exists(smoke):
     assert {p.name for p in out.glob("paper_*.md")} == {f"paper_{m}.md" for m in methods}
 
 
+@pytest.mark.slow
 def test_summary_csv_matches_results_csv(smoke):
     results, out = smoke
     summary = pd.read_csv(out / "summary.csv", index_col="method")
@@ -94,6 +96,7 @@ def test_summary_csv_matches_results_csv(smoke):
         assert summary.loc["chance", col] == pytest.approx(value)
 
 
+@pytest.mark.slow
 def test_summary_markdown_and_latex_show_the_same_numbers(smoke):
     from scipy import stats as st
     results, out = smoke
@@ -149,6 +152,7 @@ def test_summary_csv_carries_the_bounds_and_the_header_the_provenance(smoke):
     assert head["runs"] == 4 and head["machines"] and head["train_wall_time_s"] > 0
 
 
+@pytest.mark.slow
 def test_paper_tables_follow_paper_yaml_with_ours_beside(smoke):
     results, out = smoke
     per_run = _per_run_main(results)
@@ -195,6 +199,7 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+@pytest.mark.slow
 def test_plots_are_pngs_embedded_in_the_page(smoke):
     _, out = smoke
     page = (out / "index.html").read_text()
@@ -220,6 +225,7 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_chromium() is None, reason="needs Debian's `chromium` package (apt-get install -y chromium)")
 def test_index_html_renders_in_headless_chromium_with_every_image_loaded(smoke, tmp_path):
     _, out = smoke

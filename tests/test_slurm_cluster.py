@@ -44,7 +44,7 @@ def _cluster_missing() -> str | None:
 
 
 _MISSING = _cluster_missing()
-pytestmark = [pytest.mark.slurm,
+pytestmark = [pytest.mark.slurm, pytest.mark.slow,
               pytest.mark.skipif(_MISSING is not None, reason=f"the local Slurm cluster is not up ({_MISSING}); start "
                                  "it with `bash slurm/local-cluster.sh up` (root)")]
 TIMING = re.compile(r"(time_s|per_s)$")

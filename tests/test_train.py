@@ -106,6 +106,7 @@ def test_no_weight_decay_on_gains_biases_and_logit_scale(smoke_scale):
     assert all(p.ndim >= 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
 
 
+@pytest.mark.slow
 def test_matched_flops_step_counts_follow_measured_flops(tmp_path):
     proc = run_cli("run", "--methods", "clip,flip", "--scale", "smoke", "--cluster", "debug", "--results", tmp_path,
                    "--no-report", "--set", "flip.mask_ratio=0.75")
