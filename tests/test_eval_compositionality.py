@@ -14,7 +14,7 @@ from benchmark.evaluation import compositionality as comp
 from benchmark.evaluation import suite
 from benchmark.evaluation.features import Encoder
 from benchmark.evaluation.sets import EvalSet
-from benchmark.runs import build_clip
+from benchmark.model import build_clip
 from test_eval_readers import TRANSFORM, write_dataset_root
 from test_eval_suite import Images
 

@@ -218,7 +218,7 @@ def _paper_like(scale, root):
 
 
 def test_suite_on_real_layouts_encodes_once_and_isolates_a_missing_dataset(root, smoke_scale, tmp_path):
-    from benchmark.runs import build_clip
+    from benchmark.model import build_clip
     scale = _paper_like(smoke_scale, root)
     model = build_clip(scale, 0).eval()
     enc = Encoder(model, scale.context_length, "cpu")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from benchmark.evaluation import vqa
 from benchmark.evaluation.features import Encoder
 from benchmark.evaluation.sets import EvalSet
-from benchmark.runs import build_clip
+from benchmark.model import build_clip
 from test_eval_linear_probe import IndexedFeatures
 from test_eval_readers import write_dataset_root
 

@@ -3,7 +3,7 @@
     python -m benchmark perf [--measures all|p1,p2,...] [--repeats N] [--scale pocket] [--out reports/perf]
 
 Measures (one module each): P1 trainer speed (``trainer``), P2 masking efficiency (``masking``), P3 method
-overheads (``methods``), P4 evaluation (``evaluation`` -> ``benchmark.perf_eval``), P5 end to end
+overheads (``methods``), P4 evaluation (``evaluation``), P5 end to end
 (``end_to_end``), P6 peak memory (``memory``), P7 GPU (``gpu``). Every comparison is interleaved round-robin
 (``timing``). Writes ``perf.json`` (every figure, with the raw samples) and ``perf.md`` (a table per measure,
 the goals, the device); both are rewritten after each measure, so an interrupted run keeps what it measured.

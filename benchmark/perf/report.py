@@ -93,7 +93,7 @@ def p4(res: dict) -> list[str]:
     bad = _unavailable(res)
     if bad:
         return bad + [f"Goal: {res.get('goal')}.", ""]
-    if "markdown" in res:          # perf_eval renders its own tables
+    if "markdown" in res:          # P4 (perf/evaluation.py) renders its own tables
         return [res["markdown"], "", f"Goal: {res['goal']}: {_met(res.get('met'))}.", ""]
     return _table(["figure", "value"], [[k, v] for k, v in _flat(res)]) + [""]
 
