@@ -81,11 +81,13 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """teacher <- momentum * teacher + (1 - momentum) * student, parameters and buffers alike."""
-    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
-        t.lerp_(s.detach(), 1.0 - momentum)
-    for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
-        t.copy_(s)
+    """teacher <- momentum * teacher + (1 - momentum) * student for every parameter of the teacher, matched to the
+    student's by name (the teacher may hold a part of the student, e.g. a text tower); buffers are copied."""
+    params, buffers = dict(student.named_parameters()), dict(student.named_buffers())
+    for name, t in teacher.named_parameters():
+        t.lerp_(params[name].detach(), 1.0 - momentum)
+    for name, t in teacher.named_buffers():
+        t.copy_(buffers[name])
 
 
 class MaskedTokenDecoder(nn.Module):

@@ -321,7 +321,7 @@ def _train_and_evaluate(spec: RunSpec, scale, ident: dict, progress_bar: bool,
                "budget_flops": reference * (scale.samples // scale.batch_size), "match": spec.match,
                "wall_time_s": round(state.wall_time_s, 3),
                "images_per_s": round(steps * batch_size / max(state.wall_time_s, 1e-9), 2)}
-    compute.update(getattr(method, "extra_compute", lambda: {})())
+    compute.update(method.extra_compute())
     checkpoint.atomic_torch_save(method.export(), spec.folder.model)
     metrics = {"method": spec.method, "seed": spec.seed, "scale": spec.scale, "config_hash": config_hash(ident),
                "compute": compute, "history": state.history, "stats": method.stats(), "machine": machine(device)}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmark.data.train_data import load_training_data
-from benchmark.discovery import build_method, discover
+from benchmark.discovery import MethodInfo, build_method, discover
 from benchmark.sweep import with_requirements
 from benchmark.runs import RunSpec, execute
 
@@ -128,9 +128,9 @@ def parameters_without_gradient(method, data, scale) -> list[str]:
 def test_every_trainable_parameter_gets_a_gradient(name, smoke_scale, data, teacher_results):
     """A parameter the optimizer updates (``requires_grad``) must receive a gradient in a training step of at
     least one of the method's phases; a parameter meant to stay fixed is declared so with
-    ``requires_grad_(False)`` (``blocks.frozen_copy`` for a teacher). A learnable parameter the loss never reaches
-    (e.g. used through ``.item()`` or ``.detach()``) would silently train nothing."""
-    missing = parameters_without_gradient(build(name, 0, smoke_scale, teacher_results), data, smoke_scale)
+    ``requires_grad_(False)`` (a teacher: ``Method.frozen_teacher`` / ``ema_teacher``). A learnable parameter the
+    loss never reaches (e.g. used through ``.item()`` or ``.detach()``) would silently train nothing."""
+    missing = parameters_without_gradient(build(name, 0, smoke_scale, teacher_results(name, 0)), data, smoke_scale)
     assert not missing, (f"methods/{name}: trainable parameter(s) {missing} get no gradient in a training step; "
                          "use them in the loss, or declare them frozen with requires_grad_(False)")
 
@@ -148,7 +148,17 @@ def test_a_learnable_bias_the_loss_never_reaches_is_caught(smoke_scale, data):
             loss = self.contrastive(self.clip.encode_image(batch["images"]), self.clip.encode_text(batch["texts"]))
             return {"loss": loss + self.logit_bias.item()}
 
-    method = DetachedBias(build_clip(smoke_scale, 0), {}, Context(scale=smoke_scale))
+    method = build_method(MethodInfo("detachedbias", None, DetachedBias), smoke_scale, cfg={})
     assert parameters_without_gradient(method, data, smoke_scale) == ["logit_bias"]
     method.logit_bias.requires_grad_(False)                      # declared frozen: accepted
     assert parameters_without_gradient(method, data, smoke_scale) == []
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_teachers_stay_in_eval_mode_without_gradients(name, smoke_scale, data, teacher_results):
+    method = build(name, 0, smoke_scale, teacher_results(name, 0))
+    one_step(method, data, smoke_scale)                          # one_step calls train()
+    for teacher in method.teachers():
+        assert not any(m.training for m in teacher.modules()), f"a teacher of {name} is in train mode"
+        assert all(p.grad is None and not p.requires_grad for p in teacher.parameters()), \
+            f"a teacher of {name} takes gradients"

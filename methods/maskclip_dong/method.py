@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
-from benchmark.blocks import (MaskedTokenDecoder, block_keep_indices, complement_indices, ema_update, frozen_copy,
-                              random_keep_indices, take_tokens, text_tokens, vit_tokens)
+from benchmark.blocks import (MaskedTokenDecoder, block_keep_indices, complement_indices, random_keep_indices,
+                              take_tokens, text_tokens, vit_tokens)
 from benchmark.errors import UserError
 from benchmark.method import Method
 
@@ -85,15 +85,15 @@ class MaskCLIPDong(Method):
         c = self.cfg
         width = self.visual.transformer.width
         embed_dim = self.visual.output_dim
-        # Mean teacher: a copy of the student image encoder (incl. ln_post, proj), no gradient, EMA-updated.
-        self.teacher = frozen_copy(self.visual)
+        # Mean teacher: a copy of the student image encoder (incl. ln_post, proj), EMA-updated (step 4).
+        self.teacher = self.ema_teacher(self.visual, self.momentum)
         # Decoder on visible tokens + mask tokens (BootMAE-style feature decoder). Output width by target.
         out_dim = {"T1": width, "T2": embed_dim, "T3": width}[c["target"]]
         self.decoder = MaskedTokenDecoder(width, c["decoder_width"], c["decoder_layers"], c["decoder_heads"],
                                           self.n_patches, out_dim)
         if c["target"] == "T3":
             self.student_head = PrototypeHead(width, c["t3_hidden"], c["t3_bottleneck"], c["t3_prototypes"])
-            self.teacher_head = frozen_copy(self.student_head)
+            self.teacher_head = self.ema_teacher(self.student_head, self.momentum)
             self.register_buffer("center", torch.zeros(1, 1, c["t3_prototypes"]))
         if c["text_branch"] != "off":
             text_width = self.clip.transformer.width
@@ -106,18 +106,12 @@ class MaskCLIPDong(Method):
                 self.text_head = nn.Linear(text_width, text_width)
                 teacher_text = copy.deepcopy(self.clip)      # the text tower's EMA teacher (visual dropped)
                 teacher_text.visual = None
-                self.text_teacher = frozen_copy(teacher_text)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for name in ("teacher", "teacher_head", "text_teacher"):
-            if hasattr(self, name):
-                getattr(self, name).eval()
-        return self
+                self.text_teacher = self.ema_teacher(self.clip, self.momentum, teacher=teacher_text)
 
     # ---- schedules ------------------------------------------------------------------------------------------
     def momentum(self, progress: float) -> float:
-        """EMA momentum (README.md): constant 0.999 by default; BootMAE's linear ramp; DINO/iBOT cosine."""
+        """4. EMA momentum of the teachers, which the harness updates after every optimizer step (README.md):
+        constant 0.999 by default; BootMAE's linear ramp; DINO/iBOT cosine."""
         c = self.cfg
         m0, m1 = c["ema_momentum"], c["ema_momentum_end"]
         if c["ema_schedule"] == "constant":
@@ -245,16 +239,3 @@ class MaskCLIPDong(Method):
                     text_masked_fraction=text_fraction, ema_momentum=self.momentum(progress),
                     logit_scale=self.clip.logit_scale.exp().item())
         return {"loss": loss, **out}
-
-    # ---- 4. EMA update after the optimizer step -------------------------------------------------------------
-    @torch.no_grad()
-    def after_optimizer_step(self, progress: float) -> None:
-        super().after_optimizer_step(progress)          # logit-scale clamp
-        m = self.momentum(progress)
-        ema_update(self.teacher, self.visual, m)
-        if self.cfg["target"] == "T3":
-            ema_update(self.teacher_head, self.student_head, m)
-        if self.cfg["text_branch"] == "distill":
-            student = dict(self.clip.named_parameters())
-            for name, p in self.text_teacher.named_parameters():
-                p.lerp_(student[name].detach(), 1.0 - m)

@@ -15,57 +15,21 @@ pretraining compute is reported beside UTA's (``extra_compute``).
 """
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import open_clip
 import torch
 import torch.nn.functional as F
 
-from benchmark.blocks import (block_keep_indices, complement_indices, frozen_copy, pool_project, project_tokens,
+from benchmark.blocks import (block_keep_indices, complement_indices, pool_project, project_tokens,
                               random_keep_indices, vit_tokens)
 from benchmark.errors import UserError
 from benchmark.method import Method
-from benchmark.results import run_dir
+from benchmark.model import load_clip
+from benchmark.results import read_json
 
 MASK_MODES = ("random", "reversed_block", "complementary")
 TARGETS = ("projected", "features")
-
-
-def teacher_paths(cfg: dict, ctx) -> tuple[Path, Path | None]:
-    """(weights, metrics.json or None) of the teacher named by the config."""
-    if cfg["teacher_checkpoint"]:
-        return Path(cfg["teacher_checkpoint"]).expanduser(), None
-    if ctx.results_root is None:
-        raise UserError("uta needs a teacher: set uta.teacher_checkpoint to an open_clip checkpoint file, or run "
-                        f"it through `benchmark run`, which trains the {cfg['teacher_run']!r} teacher run first")
-    folder = run_dir(Path(ctx.results_root), ctx.scale.name, cfg["teacher_run"], ctx.seed)
-    return folder / "model.pt", folder / "metrics.json"
-
-
-def load_teacher(path: Path, metrics: Path | None, scale) -> open_clip.CLIP:
-    """The teacher as an open_clip CLIP of the scale's architecture (a benchmark model.pt or an open_clip
-    training checkpoint with ``state_dict`` and ``module.`` prefixes)."""
-    if metrics is not None and not (path.exists() and metrics.exists()):
-        raise UserError(f"uta's teacher run {path.parent} is missing or unfinished (needs model.pt and "
-                        f"metrics.json): train it first with `python -m benchmark run --methods "
-                        f"{path.parent.parent.name} --scale {scale.name} --seeds {path.parent.name[4:]}` (or run "
-                        "uta through `benchmark run`, which does it), or set uta.teacher_checkpoint")
-    if not path.exists():
-        raise UserError(f"uta.teacher_checkpoint {path} does not exist; give the path of an open_clip checkpoint "
-                        f"of the {scale.name} model")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    teacher = open_clip.CLIP(**scale.model)
-    try:
-        teacher.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise UserError(f"uta teacher {path} does not fit the {scale.name} model ({first}); the teacher must "
-                        "have the scale's architecture") from None
-    return teacher.eval()
 
 
 class UTA(Method):
@@ -84,15 +48,21 @@ class UTA(Method):
         if not 0 <= self.cfg["contrastive_finetune_fraction"] < 1:
             raise UserError(f"uta.contrastive_finetune_fraction={self.cfg['contrastive_finetune_fraction']} is "
                             "outside [0, 1): the fraction of the steps spent in stage-2 contrastive fine-tuning")
-        weights, metrics = teacher_paths(self.cfg, ctx) if not ctx.planning else (Path("(planning)"), None)
-        # Compute planning: the frozen teacher's pass costs the same whatever its weights, so an untrained model of
-        # the scale's architecture stands in for it (the teacher run may not exist yet).
-        teacher = load_teacher(weights, metrics, ctx.scale) if not ctx.planning else open_clip.CLIP(**ctx.scale.model)
-        self.teacher_source = {"teacher_run": str(weights.parent) if metrics else None,
-                               "teacher_checkpoint": None if metrics else str(weights)}
-        self.teacher_metrics = json.loads(metrics.read_text()) if metrics else None
-        # The frozen teacher image tower: targets only, eval mode, no gradient (kept in eval by train()).
-        self.teacher = frozen_copy(teacher.visual)
+        self.teacher_run = self.teacher_metrics = self.teacher_checkpoint = None
+        if ctx.planning:
+            # Compute planning: the frozen teacher's pass costs the same whatever its weights, so an untrained model
+            # of the scale's architecture stands in for it (the teacher run may not exist yet).
+            teacher = open_clip.CLIP(**ctx.scale.model)
+        elif self.cfg["teacher_checkpoint"]:
+            self.teacher_checkpoint = Path(self.cfg["teacher_checkpoint"]).expanduser()
+            teacher = load_clip(self.teacher_checkpoint, ctx.scale, what="uta.teacher_checkpoint")
+        else:           # the finished run named by teacher_run (required, so trained first)
+            self.teacher_run = ctx.finished_run(self.cfg["teacher_run"], instead="set uta.teacher_checkpoint to an "
+                                                "open_clip checkpoint file")
+            teacher = load_clip(self.teacher_run.model, ctx.scale, what=f"uta's teacher run {self.teacher_run.path}")
+            self.teacher_metrics = read_json(self.teacher_run.metrics)
+        # The frozen teacher image tower: targets only, never updated.
+        self.teacher = self.frozen_teacher(teacher.visual)
         # The evaluable model = student image tower + the teacher's text tower and temperature, frozen (LiT-style)
         # unless stage 2 tunes them.
         text_state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("visual.")}
@@ -108,11 +78,6 @@ class UTA(Method):
         return [] if cfg["teacher_checkpoint"] else [cfg["teacher_run"]]
 
     # ---- the frozen teacher ---------------------------------------------------------------------------------
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.teacher.eval()        # a frozen teacher never leaves eval mode
-        return self
-
     @torch.no_grad()
     def teacher_targets(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher on the full image: its CLIP image embedding [B, E] (the CLS target) and one target per
@@ -183,7 +148,9 @@ class UTA(Method):
     # ---- compute disclosure -----------------------------------------------------------------------------------
     def extra_compute(self) -> dict:
         """The teacher's own pretraining, reported beside UTA's training FLOPs (not from scratch: abstract)."""
-        out = {**self.teacher_source, "teacher_pretraining_flops": None, "teacher_pretraining_samples": None}
+        out = {"teacher_run": str(self.teacher_run.path) if self.teacher_run else None,
+               "teacher_checkpoint": str(self.teacher_checkpoint) if self.teacher_checkpoint else None,
+               "teacher_pretraining_flops": None, "teacher_pretraining_samples": None}
         if self.teacher_metrics is not None:
             c = self.teacher_metrics.get("compute", {})
             out.update(teacher_pretraining_flops=c.get("train_flops"),
