@@ -18,13 +18,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator
+
+
+def _file(name: str) -> property:
+    return property(lambda self: self.path / name, doc=f"``{name}`` in the run folder")
 
 
 @dataclass(frozen=True)
 class RunFolder:
     path: Path
-    SLURM_RECORD = "slurm.json"       # written by benchmark.slurm, read by benchmark.status
+    SLURM_RECORD: ClassVar[str] = "slurm.json"      # written by benchmark.slurm, read by benchmark.status
 
     @classmethod
     def of(cls, results: str | Path, scale: str, method: str, seed: int) -> RunFolder:
@@ -50,41 +54,15 @@ class RunFolder:
         return f"{self.method}/{self.path.name}"
 
     # ---- the files -------------------------------------------------------------------------------------------------
-    @property
-    def config(self) -> Path:
-        return self.path / "config.json"
-
-    @property
-    def log(self) -> Path:
-        return self.path / "train.jsonl"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def model(self) -> Path:
-        return self.path / "model.pt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.json"
-
-    @property
-    def evals(self) -> Path:
-        return self.path / "evals"
-
-    @property
-    def error(self) -> Path:
-        return self.path / "error.json"
-
-    @property
-    def slurm(self) -> Path:
-        return self.path / self.SLURM_RECORD
-
-    @property
-    def lock(self) -> Path:
-        return self.path / ".lock"
+    config = _file("config.json")
+    log = _file("train.jsonl")
+    checkpoints = _file("checkpoints")
+    model = _file("model.pt")
+    metrics = _file("metrics.json")
+    evals = _file("evals")
+    error = _file("error.json")
+    slurm = _file(SLURM_RECORD)
+    lock = _file(".lock")
 
     def outputs(self, config: bool = False) -> list[Path]:
         """What ``--force`` discards: checkpoints, log, model, evaluations, metrics, error (and the config)."""

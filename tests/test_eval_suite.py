@@ -8,12 +8,13 @@ import torch
 from clip_benchmark.datasets.builder import image_captions_collate_fn
 from clip_benchmark.metrics import zeroshot_classification as cb_zsc
 from clip_benchmark.metrics import zeroshot_retrieval as cb_zsr
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from benchmark.data.preprocess import normalize_images, tokenizer
+from benchmark.data.preprocess import tokenizer
 from benchmark.evaluation import suite
 from benchmark.evaluation.features import Encoder
-from benchmark.runs import build_clip
+from benchmark.perf.evaluation import ImageItems      # the images as a standard dataset, for clip_benchmark
+from benchmark.model import build_clip
 
 
 class Counting(torch.nn.Module):
@@ -30,20 +31,6 @@ class Counting(torch.nn.Module):
     def encode_text(self, t):
         self.texts += len(t)
         return self.model.encode_text(t)
-
-
-class Images(Dataset):
-    """The evaluation images as a standard dataset: one normalised [3, H, W] tensor per item, with targets."""
-
-    def __init__(self, images_u8, targets, classes=None):
-        self.images, self.targets, self.classes = images_u8, targets, classes or []
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        x = torch.as_tensor(self.images[i]).permute(2, 0, 1)[None]
-        return normalize_images(x, "cpu")[0], self.targets[i]
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +75,7 @@ def test_zeroshot_classification_equals_clip_benchmark(model, smoke_scale):
     s = suite.datasets_for(task, smoke_scale)[0]
     ours = suite.task_module(task).evaluate_set(Encoder(model, smoke_scale.context_length, "cpu"), s)["metrics"]
     classnames, templates = s.meta["classnames"], s.meta["templates"]
-    data = DataLoader(Images(s.images, [it["label"] for it in s.items], classnames), batch_size=64)
+    data = DataLoader(ImageItems(s.images, [it["label"] for it in s.items], classnames), batch_size=64)
     theirs = cb_zsc.evaluate(model, data, tokenizer(smoke_scale.context_length), classnames, templates,
                              device="cpu", amp=False)
     assert ours == pytest.approx(theirs, abs=1e-12)
@@ -99,7 +86,7 @@ def test_zeroshot_retrieval_equals_clip_benchmark(model, smoke_scale):
     task = "zeroshot_retrieval"
     s = suite.datasets_for(task, smoke_scale)[0]
     ours = suite.task_module(task).evaluate_set(Encoder(model, smoke_scale.context_length, "cpu"), s)["metrics"]
-    data = DataLoader(Images(s.images, [it["captions"] for it in s.items]), batch_size=64,
+    data = DataLoader(ImageItems(s.images, [it["captions"] for it in s.items]), batch_size=64,
                       collate_fn=image_captions_collate_fn)
     theirs = cb_zsr.evaluate(model, data, tokenizer(smoke_scale.context_length), device="cpu", amp=False,
                              recall_k_list=[1, 5, 10])
