@@ -15,8 +15,8 @@ from benchmark.evaluation import suite
 from benchmark.evaluation.features import Encoder
 from benchmark.evaluation.sets import EvalSet
 from benchmark.model import build_clip
+from benchmark.perf.evaluation import ImageItems      # the images as a standard dataset, for clip_benchmark
 from test_eval_readers import TRANSFORM, write_dataset_root
-from test_eval_suite import Images
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_per_subset_accuracy_equals_clip_benchmark(model, smoke_scale, embedded)
     correct = total = 0
     for subset in comp.SUBSETS:
         idx = [i for i, it in enumerate(embedded.items) if it["subset"] == subset]
-        data = DataLoader(Images(embedded.images[idx], [[embedded.items[i]["positive"], embedded.items[i]["negative"]]
+        data = DataLoader(ImageItems(embedded.images[idx], [[embedded.items[i]["positive"], embedded.items[i]["negative"]]
                                                          for i in idx]), batch_size=64,
                           collate_fn=image_captions_collate_fn)
         theirs = cb.evaluate(model, data, tok, device="cpu", amp=False)

@@ -109,12 +109,9 @@ def test_an_unreadable_eval_file_costs_only_its_rows_and_is_named(finished, in_m
 # ---- 7. the log rewrite on resume is atomic and a cut last line is tolerated --------------------------------------
 def _train_clip(run_dir: Path, steps: int, smoke_scale):
     from benchmark.data.train_data import load_training_data
-    from benchmark.discovery import discover
-    from benchmark.method import Context
-    from benchmark.runs import build_clip
+    from benchmark.discovery import build_method, discover
     from benchmark.train import TrainPlan, train
-    info = discover(REPO_ROOT / "methods")["clip"]
-    method = info.cls(build_clip(smoke_scale, 0), {}, Context(scale=smoke_scale))
+    method = build_method(discover(REPO_ROOT / "methods")["clip"], smoke_scale, cfg={})
     plan = TrainPlan(steps=steps, batch_size=8, seed=0, optim=smoke_scale.optim, checkpoint_every=2, log_every=1)
     return train(method, method, load_training_data(smoke_scale), plan, run_dir, "cpu", progress_bar=False)
 
