@@ -138,7 +138,7 @@ def check_siblings(spec: RunSpec, ident: dict, replaced: set[int] = frozenset())
     for path in sorted(spec.dir.parent.glob("seed*/config.json")):
         seed = path.parent.name[4:]
         if not seed.isdigit() or int(seed) == spec.seed or int(seed) in replaced or \
-                not _trained_anything(path.parent):
+                not _trained_anything(RunFolder(path.parent)):
             continue                                # an untrained record holds nothing to mix
         try:
             old = read_json(path).get("identity", {})
