@@ -75,10 +75,7 @@ def test_one_step_gives_finite_losses_and_gradients(name, smoke_scale, data, tea
 @pytest.mark.parametrize("name", VARIANTS)
 def test_every_variant_builds_and_steps(name, smoke_scale, data, teacher_results):
     """A variant's overrides are valid values of its method: it builds and takes a finite step."""
-    from benchmark.discovery import resolve
-    info = resolve([name])[0]
-    method = info.cls(build_clip(smoke_scale, 0), info.config("smoke"),
-                      Context(scale=smoke_scale, seed=0, results_root=teacher_results))
+    method = build(name, 0, smoke_scale, teacher_results(name.split("@")[0], 0))
     torch.manual_seed(0)
     losses = one_step(method, data, smoke_scale)
     assert all(torch.isfinite(v).all() for v in losses.values()), losses

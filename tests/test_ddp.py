@@ -135,7 +135,8 @@ def test_two_process_step_equals_one_process_on_the_global_batch(two_ranks):
     assert grads.keys() == ranks[0]["grads"].keys()
     for name, g in grads.items():
         assert torch.equal(ranks[0]["grads"][name], ranks[1]["grads"][name]), f"DDP left {name} unsynchronised"
-        torch.testing.assert_close(ranks[0]["grads"][name], g, rtol=1e-4, atol=1e-7, msg=f"gradient of {name}")
+        # all-reduce sums in another order than one process: float noise of ~1e-6 on a few of 1.6M entries
+        torch.testing.assert_close(ranks[0]["grads"][name], g, rtol=5e-4, atol=2e-6, msg=f"gradient of {name}")
 
 
 def test_two_process_training_matches_one_process(two_ranks, tmp_path):
@@ -144,7 +145,8 @@ def test_two_process_training_matches_one_process(two_ranks, tmp_path):
     params = _train("clip", 0, 1, tmp_path / "single", 3)
     for name, p in params.items():
         assert torch.equal(ranks[0]["params"][name], ranks[1]["params"][name])
-        torch.testing.assert_close(ranks[0]["params"][name], p, rtol=1e-4, atol=1e-5, msg=f"parameter {name}")
+        # AdamW normalises each entry: a near-zero gradient's summation noise moves a few entries by ~lr/50
+        torch.testing.assert_close(ranks[0]["params"][name], p, rtol=1e-4, atol=5e-5, msg=f"parameter {name}")
     # rank 0 alone writes the log: one line per step
     assert len((out / "clip" / "train.jsonl").read_text().splitlines()) == 3
 

@@ -164,7 +164,7 @@ def test_sweep_is_one_array_plus_afterok_for_requirements(monkeypatch, tmp_path,
 
 def test_finished_runs_are_skipped_and_queued_ones_not_resubmitted(monkeypatch, tmp_path, methods_with_teacher):
     done = tmp_path / "results/smoke/teacher/seed0"
-    write_json(done / "metrics.json", {"compute": {"steps": 3}})
+    write_json(done / "metrics.json", {"compute": {"steps": 3}, "evals": {}})
     queued = tmp_path / "results/smoke/plain/seed0"
     write_json(queued / "slurm.json", {"job_id": "77_1"})
     monkeypatch.setattr(slurm, "job_states", lambda ids: {"77_1": {"state": "RUNNING"}})
