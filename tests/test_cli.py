@@ -1,7 +1,7 @@
 """Command line: discovery of method folders, bad input -> exit 2 with a message naming the fix.
 
 ``benchmark.cli.main`` answers in this process (``python -m benchmark`` itself runs in tests/test_readme.py)."""
-import textwrap
+from conftest import GOOD_METHOD
 
 from benchmark.cli import main
 
@@ -23,15 +23,7 @@ def _methods_dir(tmp_path):
     root = tmp_path / "methods"
     good = root / "good"
     good.mkdir(parents=True)
-    (good / "method.py").write_text(textwrap.dedent("""
-        from benchmark.method import Method
-        class Good(Method):
-            paper = "Good et al."
-            summary = "fine"
-            def training_step(self, batch, progress):
-                loss = self.contrastive(self.clip.encode_image(batch["images"]), self.clip.encode_text(batch["texts"]))
-                return {"loss": loss}
-    """))
+    (good / "method.py").write_text(GOOD_METHOD)
     (good / "config.yaml").write_text("defaults:\n  mask_ratio: 0.5\n")
     broken = root / "broken"
     broken.mkdir()

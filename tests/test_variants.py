@@ -8,17 +8,8 @@ import pytest
 from benchmark.discovery import discover, overrides_for, resolve
 from benchmark.errors import UserError
 from benchmark.results import read_json
-from conftest import run_cli
+from conftest import GOOD_METHOD as GOOD, run_cli
 
-GOOD = textwrap.dedent("""
-    from benchmark.method import Method
-    class Good(Method):
-        paper = "Good et al."
-        summary = "fine"
-        def training_step(self, batch, progress):
-            loss = self.contrastive(self.clip.encode_image(batch["images"]), self.clip.encode_text(batch["texts"]))
-            return {"loss": loss}
-""")
 
 
 def _folder(root, name, config):
