@@ -124,7 +124,7 @@ def test_sweep_on_the_cluster_matches_a_local_run(tmp_path, capsys, monkeypatch)
     for m in ("clip", "flip"):
         _assert_same_results(results / "smoke" / m / "seed0", local[m])
     table = _cli(capsys, "status", "--scale", "smoke", "--results", results)
-    assert re.search(r"clip/seed0\s+COMPLETED \(job \d+_0\)\s+12/12\s+step 12 .*done", table), table
+    assert re.search(r"clip/seed0\s+COMPLETED \(job \d+_0\)\s+12/12\s+(\S+\s+)?step 12 .*done", table), table
     # submitting again skips the finished runs
     monkeypatch.setenv("MASKBENCH_SLURM_PROFILE", "")
     again = _cli(capsys, "run", "--methods", "clip,flip", "--scale", "smoke", "--cluster", "slurm",
