@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "process (pdb works), slurm = submitted to a Slurm cluster (returns at once; follow with "
                           "`status`)")
     run.add_argument("--slurm-profile", default=None, help="YAML profile in slurm/ (with --cluster slurm)")
+    run.add_argument("--jobs", type=int, default=None, metavar="N",
+                     help="with --cluster local: runs side by side (default: one per CPU core, at most 4, without a "
+                          "GPU; 1 with a GPU). On a CPU every run uses one torch thread at any N, so its metrics "
+                          "do not depend on N or on the machine's core count")
     _data_flags(run)
     run.add_argument("--force", action="store_true", help="discard existing runs and train them again")
     run.add_argument("--report-to", nargs="+", default=["none"], metavar="TRACKER",
@@ -241,6 +245,19 @@ def _specs(args, scale_name: str):
             for s in seeds for i in infos]
 
 
+def _jobs(args) -> int:
+    """--jobs checked (before anything is written, from ``_refuse_before_writing``), or its default."""
+    from benchmark.launch import default_jobs
+    if args.jobs is None:
+        return default_jobs() if args.cluster == "local" else 1
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: give a number of runs side by side, at least 1")
+    if args.cluster != "local" and args.jobs != 1:
+        raise UserError(f"--jobs {args.jobs} applies to --cluster local only (--cluster {args.cluster} runs "
+                        "one after another in this process, or as Slurm jobs); drop --jobs")
+    return args.jobs
+
+
 def _refuse_before_writing(scale, specs, args) -> None:
     """Bad input found before any run starts (and before anything is written), for every run of the sweep (the
     teacher runs a method requires included): a run folder that holds another config or a damaged state file, a
@@ -248,6 +265,8 @@ def _refuse_before_writing(scale, specs, args) -> None:
     that is missing or corrupt."""
     from benchmark.runs import check_config, check_siblings, identity
     from benchmark.sweep import with_requirements
+    if hasattr(args, "jobs"):
+        _jobs(args)
     forced = {(s.method, s.seed) for s in specs if s.force}
     for spec in with_requirements(specs):
         check_config(spec, identity(spec))
@@ -289,7 +308,7 @@ def cmd_run(args) -> int:
         from benchmark.evaluation.sets import embedded_folder
         embedded_folder(scale)                                  # generate once, before any job starts
     t0 = time.perf_counter()
-    outcomes = launch(specs, cluster=args.cluster, slurm_profile=args.slurm_profile)
+    outcomes = launch(specs, cluster=args.cluster, slurm_profile=args.slurm_profile, jobs=_jobs(args))
     runs_s = time.perf_counter() - t0
     _rebuild_table(args.results, scale.name)
     print(f"\n{len(outcomes)} run(s) in {runs_s:.0f} s at scale {scale.name}:")

@@ -78,13 +78,15 @@ class Console:
     """Prints the sweep's progress lines; ``watch(run_dir, label)`` follows one run while it trains."""
 
     def __init__(self, total_runs: int, stream=None, every_s: float = 10.0, poll_s: float = 0.5,
-                 quiet: bool = False):
+                 quiet: bool = False, redraw: bool = True):
         self.total = total_runs
         self.quiet = quiet
         self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        # redraw: the running run's line is redrawn in place on a terminal (one run at a time)
+        self.tty = redraw and bool(getattr(self.stream, "isatty", lambda: False)())
         self.every_s, self.poll_s = every_s, poll_s
         self.index = 0
+        self.numbers: dict[str, int] = {}
         self.done = 0
         self.trained_s: list[float] = []     # wall time of each run this sweep trained (for the sweep ETA)
         self.t0 = time.monotonic()
@@ -107,7 +109,7 @@ class Console:
         self._print(text)
 
     def run_line(self, label: str, text: str, final: bool = True) -> None:
-        self._print(f"[{self.index}/{self.total}] {label}  {text}", final)
+        self._print(f"[{self.numbers.get(label, self.index)}/{self.total}] {label}  {text}", final)
 
     def sweep_line(self) -> None:
         elapsed = time.monotonic() - self.t0
@@ -119,7 +121,9 @@ class Console:
 
     # ---- one run -------------------------------------------------------------------------------------------------
     def start(self, label: str) -> None:
-        self.index += 1
+        with self._lock:
+            self.index += 1
+            self.numbers[label] = self.index        # runs side by side keep their own numbers
 
     def finish(self, label: str, status: str, run_dir: Path | None = None, elapsed_s: float | None = None,
                trained: bool = True) -> None:

@@ -99,8 +99,16 @@ def p4(res: dict) -> list[str]:
 
 
 def p5(res: dict) -> list[str]:
-    lines = [f"`{res['command']}`: exit {res['exit_status']}, **{res['total_s']:.0f} s** in all "
-             f"(goal <= {res['goal_s']} s: {_met(res['met'])}).", ""]
+    lines = _p5_once(res, goal=True)
+    if res.get("one_seed"):
+        lines += ["One seed:", ""] + _p5_once(res["one_seed"], goal=False)
+    return lines
+
+
+def _p5_once(res: dict, goal: bool) -> list[str]:
+    verdict = f" (goal <= {res['goal_s']} s: {_met(res['met'])})" if goal else ""
+    lines = [f"`{res['command']}`: exit {res['exit_status']}, **{res['total_s']:.0f} s** in all{verdict}; "
+             f"at most {res.get('side_by_side', 1)} run(s) side by side (the phase figures are sums over runs).", ""]
     if res.get("stderr_tail"):
         lines += ["```", *res["stderr_tail"], "```", ""]
     ph, tot = res.get("phases", {}), res.get("totals", {})
@@ -109,14 +117,16 @@ def p5(res: dict) -> list[str]:
             ["evaluation (sum over runs)", tot.get("eval_s", "-")],
             ["run overhead (data load/decode, FLOP counting, periodic probes, checkpoints, export)",
              tot.get("run_overhead_s", "-")],
-            ["process start-up between runs (submitit jobs)", tot.get("process_startup_s", "-")],
-            ["report", ph.get("report_s", "-")],
-            ["other (interpreter start, summary)", tot.get("other_s", "-")]]
+            ["worker start-up (sweep start to each worker's first run)", tot.get("process_startup_s", "-")],
+            ["report", ph.get("report_s", "-")]]
+    if "other_s" in tot:
+        rows.append(["other (interpreter start, summary)", tot["other_s"]])
     lines += _table(["phase", "seconds"], rows) + [""]
     if res.get("runs"):
-        lines += _table(["run", "steps", "ms/step", "train s", "eval s", "overhead s", "run s", "periodic evals"],
-                        [[r["method"], r["steps"], r["ms_per_step"], r["train_s"], r["eval_s"], r["overhead_s"],
-                          r["run_s"], r["periodic_evals"]] for r in res["runs"]]) + [""]
+        lines += _table(["run", "seed", "steps", "ms/step", "train s", "eval s", "overhead s", "run s",
+                         "periodic evals"],
+                        [[r["method"], r["seed"], r["steps"], r["ms_per_step"], r["train_s"], r["eval_s"],
+                          r["overhead_s"], r["run_s"], r["periodic_evals"]] for r in res["runs"]]) + [""]
     return lines
 
 
