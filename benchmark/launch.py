@@ -6,7 +6,7 @@ failed run fails alone (runs that need it are skipped), the rest of the sweep fi
 spawned): torch, open_clip and the harness are imported once per worker, not once per run as a fresh interpreter
 per run would. ``jobs`` workers run side by side, a run starting as soon as the runs it requires have finished. On a
 CPU each worker uses one torch thread: the small pocket steps do not use two threads well (on 2 cores, two 1-thread
-runs side by side gave 1.32x the throughput of one 2-thread run; docs/pocket.md), and one thread everywhere makes a
+runs side by side gave 1.49x the throughput of one 2-thread run; docs/pocket.md), and one thread everywhere makes a
 run's metrics the same on every CPU machine and at every ``--jobs``. A worker
 that dies (killed, out of memory) fails its run only; a fresh worker takes the next run, and the killed run
 resumes from its last checkpoint when the command is run again.

@@ -54,26 +54,18 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
-# How to recover from a damaged file of the run-folder layout, by file name.
-_FIX = {"config.json": "delete the run folder {run} (or pass --force) to train it again",
-        "metrics.json": "delete it and run the same `benchmark run` command again: the run re-exports and "
-                        "re-evaluates from its last checkpoint",
-        "error.json": "delete it; `benchmark run` then retries the run",
-        "slurm.json": "delete it (it only records the Slurm job id)"}
-
-
 def read_state(path: Path) -> dict:
     """A JSON file of a run folder; a damaged one raises ``DamagedFile`` naming the file and how to fix it."""
     path = Path(path)
     try:
         value = json.loads(path.read_bytes().decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        fix = _FIX.get(path.name, "delete it and run `benchmark eval` on the run to write it again").format(
-            run=path.parent)
+        fix = RunFolder.REPAIR.get(path.name, "delete it and run `benchmark eval` on the run to write it again")
+        fix = fix.format(run=path.parent)
         raise DamagedFile(f"{path} is damaged ({type(e).__name__}: {e}); {fix}") from None
     if not isinstance(value, dict):
         raise DamagedFile(f"{path} is damaged (a JSON object was expected); "
-                          + _FIX.get(path.name, "delete it").format(run=path.parent))
+                          + RunFolder.REPAIR.get(path.name, "delete it").format(run=path.parent))
     return value
 
 

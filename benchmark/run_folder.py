@@ -29,6 +29,13 @@ def _file(name: str) -> property:
 class RunFolder:
     path: Path
     SLURM_RECORD: ClassVar[str] = "slurm.json"      # written by benchmark.slurm, read by benchmark.status
+    # How to recover from a damaged file of the layout, by file name (benchmark.results.read_state says it).
+    REPAIR: ClassVar[dict[str, str]] = {
+        "config.json": "delete the run folder {run} (or pass --force) to train it again",
+        "metrics.json": "delete it and run the same `benchmark run` command again: the run re-exports and "
+                        "re-evaluates from its last checkpoint",
+        "error.json": "delete it; `benchmark run` then retries the run",
+        SLURM_RECORD: "delete it (it only records the Slurm job id)"}
 
     @classmethod
     def of(cls, results: str | Path, scale: str, method: str, seed: int) -> RunFolder:

@@ -72,6 +72,7 @@ def test_one_step_gives_finite_losses_and_gradients(name, smoke_scale, data, tea
     assert method.clip.logit_scale.item() <= math.log(100) + 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", VARIANTS)
 def test_every_variant_builds_and_steps(name, smoke_scale, data, teacher_results):
     """A variant's overrides are valid values of its method: it builds and takes a finite step."""

@@ -1,4 +1,5 @@
 """The embedded data: deterministic bytes, sane sets, tasks that colour alone cannot solve."""
+import pytest
 import json
 from collections import Counter
 
@@ -8,6 +9,7 @@ from benchmark.data import embedded, shapes
 from benchmark.data.readers import read_eval_set, read_pairs_from_shards
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes(tmp_path):
     a = embedded.ensure(32, 300, 40, seed=5, root=tmp_path / "a")
     b = embedded.ensure(32, 300, 40, seed=5, root=tmp_path / "b")
@@ -42,6 +44,7 @@ def test_sets_have_the_promised_content(tmp_path):
     assert {it["split"] for it in items} == {"train", "test"}
 
 
+@pytest.mark.slow
 def test_zero_shot_classes_need_shape_not_only_colour(tmp_path):
     folder = embedded.ensure(32, 100, 200, root=tmp_path)
     meta = json.loads((folder / "zeroshot_classification.meta.json").read_text())

@@ -217,6 +217,7 @@ def _paper_like(scale, root):
     return dataclasses.replace(scale, data=dataclasses.replace(scale.data, kind="webdataset", dataset_root=str(root)))
 
 
+@pytest.mark.slow
 def test_suite_on_real_layouts_encodes_once_and_isolates_a_missing_dataset(root, smoke_scale, tmp_path):
     from benchmark.model import build_clip
     scale = _paper_like(smoke_scale, root)

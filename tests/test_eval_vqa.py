@@ -74,6 +74,7 @@ def test_classifier_answers_from_the_image_not_the_question_alone():
     assert r["notes"]["train_questions"] == 300 and r["notes"]["test_questions"] == 100
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers(monkeypatch):
     s, feats = synthetic_set(seed=1)
     torch.manual_seed(7)

@@ -61,6 +61,7 @@ def _table(results: Path) -> pd.DataFrame:
 
 
 # ---- 5. results.csv rebuilt from the run folders on every run, eval and report ----------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("command,damage", [("run", "missing"), ("eval", "truncated"), ("report", "binary")])
 def test_results_csv_is_rebuilt_by_run_eval_and_report(finished, in_methods, tmp_path, capsys, command, damage):
     """A kill between metrics.json and the table's rebuild (missing), a table cut short or overwritten: the next
@@ -254,6 +255,7 @@ def test_a_seed_beyond_32_bits_is_refused(tmp_path, capsys, seed):
 
 
 # ---- 1 (and the cache cases of 11, 15). The data cache is verified at load; a damaged one is rebuilt ----------------
+@pytest.mark.slow
 def test_a_damaged_data_cache_is_found_at_load_and_rebuilt_to_the_same_bytes(tmp_path, monkeypatch, smoke_scale,
                                                                              capsys):
     import numpy as np
@@ -329,6 +331,7 @@ def _csv_data(folder: Path, shade: int) -> Path:
     return folder / "pairs.csv"
 
 
+@pytest.mark.slow
 def test_provenance_per_segment_and_a_resume_on_changed_data_is_refused(in_methods, tmp_path, monkeypatch, capsys):
     from benchmark import runs
     from benchmark.errors import UserError
@@ -518,6 +521,7 @@ def test_a_killed_generation_takes_its_workers_along_and_its_temporary_folder_is
 
 
 # ---- 15. Ctrl-C under --cluster local: the friendly message only ---------------------------------------------------
+@pytest.mark.slow
 def test_ctrl_c_under_the_local_cluster_prints_no_submitit_traceback(in_methods, tmp_path):
     import os
     import signal

@@ -133,6 +133,7 @@ def test_report_renders_every_measure_and_failures():
     assert "Skipped: no CUDA device" in md
 
 
+@pytest.mark.slow
 def test_memory_child_reports_peak_rss_in_a_fresh_process():
     proc = subprocess.run([sys.executable, "-m", "benchmark.perf.memory", "clip", "--scale", "smoke", "--steps", "1"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)

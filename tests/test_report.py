@@ -136,6 +136,7 @@ def test_summary_markdown_and_latex_show_the_same_numbers(smoke):
         assert r2["flip"][col].startswith(f"{d.mean():+.1f} [") and r2["flip"][col].endswith("(n=2)")
 
 
+@pytest.mark.slow
 def test_summary_csv_carries_the_bounds_and_the_header_the_provenance(smoke):
     results, out = smoke
     csv = pd.read_csv(out / "summary.csv", index_col="method")

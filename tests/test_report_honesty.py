@@ -182,6 +182,7 @@ def test_run_refuses_another_configuration_beside_a_methods_seeds_before_writing
 
 # ---- traceable reports ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_reports_ship_their_runs_and_re_report_from_them_identically(tmp_path):
     results = tmp_path / "results"
     for seed in (0, 1):

@@ -34,6 +34,7 @@ def _scalars(folder):
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_tensorboard_holds_the_training_log_and_the_evaluations(tmp_path, monkeypatch):
     trackers = ["tensorboard"]
     wandb_installed = tracking.installed("wandb")

@@ -53,11 +53,13 @@ def test_bad_variants_break_the_folder_by_name(tmp_path, variants, needle):
     assert not info.ok and needle in info.error and "variants" in info.error
 
 
+@pytest.mark.slow
 def test_list_shows_variants():
     out = run_cli("list", check=True).stdout
     assert "@mask75" in out and "@batch2x" in out and "batch x2" in out and "mask_ratio=0.75" in out
 
 
+@pytest.mark.slow
 def test_variant_runs_are_their_own_rows_and_the_batch_multiplier_is_flop_matched(tmp_path):
     proc = run_cli("run", "--methods", "flip,flip@batch2x,flip@mask75", "--scale", "smoke", "--cluster", "debug",
                    "--results", tmp_path, "--no-report", timeout=1800)
@@ -89,6 +91,7 @@ def test_variant_runs_are_their_own_rows_and_the_batch_multiplier_is_flop_matche
     assert set(rows["method"]) == {"flip", "flip@batch2x", "flip@mask75"}     # never pooled
 
 
+@pytest.mark.slow
 def test_bad_variant_name_exits_2_writing_nothing(tmp_path):
     proc = run_cli("run", "--methods", "flip@nope", "--scale", "smoke", "--results", tmp_path)
     assert proc.returncode == 2 and "unknown variant 'nope'" in proc.stderr and "mask75" in proc.stderr

@@ -1,0 +1,131 @@
+"""Speed levers of the pocket step on this machine, side by side in one command: the model's patch size, torch
+threads against runs side by side, a compact vocabulary and a one-layer text tower (``--compile`` adds
+``torch.compile``).
+
+Every contender trains the bare pocket CLIP step (open_clip ``CLIP`` forward, ``ClipLoss``, backward,
+``benchmark.train.make_optimizer``'s fused AdamW) on a fixed random batch of 128 in a fresh spawned process, ``steps``
+timed steps after ``warmup`` untimed ones; a ``pair`` contender runs two such processes at once, one torch thread
+each, as ``run --jobs 2`` does. The contenders of a round run one after another in a rotating order
+(``benchmark.perf.timing.round_orders``), so slow drift of the machine hits each alike. Reported per contender: the
+median step time over rounds and its throughput (steps per second of the whole machine), and the ratio to the
+reference (the landed pocket step before this change: patch 4, one process with every core).
+
+    python -m benchmark.perf.levers [--rounds 3] [--steps 30] [--compile]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import multiprocessing as mp
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+from benchmark.perf.timing import round_orders
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    patch: int = 8
+    threads: int = 0            # 0: torch's default (every core)
+    processes: int = 1          # 2: two runs side by side
+    vocab: int = 49408
+    text_layers: int = 2
+    compile: bool = False
+
+
+CONTENDERS = [
+    Contender("patch 4, one run, every core (before)", patch=4),
+    Contender("patch 4, two runs side by side, 1 thread each", patch=4, threads=1, processes=2),
+    Contender("patch 8, one run, every core", patch=8),
+    Contender("patch 8, one run, 1 thread", patch=8, threads=1),
+    Contender("patch 8, two runs side by side, 1 thread each (landed)", patch=8, threads=1, processes=2),
+    Contender("patch 8, 1 thread, compact vocabulary (1,024 tokens)", patch=8, threads=1, vocab=1024),
+    Contender("patch 8, 1 thread, one text layer", patch=8, threads=1, text_layers=1),
+]
+
+
+def _child(c: Contender, steps: int, warmup: int, out) -> None:
+    import open_clip
+    import torch
+
+    from benchmark.scales import get_scale
+    from benchmark.train import make_optimizer
+    if c.threads:
+        torch.set_num_threads(c.threads)
+    scale = get_scale("pocket")
+    cfg = copy.deepcopy(scale.model)
+    cfg["vision_cfg"]["patch_size"] = c.patch
+    cfg["text_cfg"].update(vocab_size=c.vocab, layers=c.text_layers)
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**cfg, output_dict=True)
+    loss_fn, opt = open_clip.ClipLoss(), make_optimizer(model, scale.optim)
+    forward = torch.compile(model) if c.compile else model
+    images = torch.randn(scale.batch_size, 3, scale.image_size, scale.image_size)
+    texts = torch.randint(0, c.vocab, (scale.batch_size, scale.context_length))
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        o = forward(images, texts)
+        loss = loss_fn(o["image_features"], o["text_features"], o["logit_scale"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    out.put(statistics.median(times))
+
+
+def run_contender(c: Contender, steps: int, warmup: int) -> float:
+    """Median step seconds (the mean of the processes' medians when two run side by side)."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_child, args=(c, steps, warmup, q)) for _ in range(c.processes)]
+    for p in procs:
+        p.start()
+    medians = [q.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(medians) / len(medians)
+
+
+def measure(rounds: int = 3, steps: int = 30, warmup: int = 10, with_compile: bool = False) -> list[dict]:
+    contenders = CONTENDERS + ([Contender("patch 8, one run, every core, torch.compile", compile=True)]
+                               if with_compile else [])
+    samples: dict[str, list[float]] = {c.name: [] for c in contenders}
+    by_name = {c.name: c for c in contenders}
+    for order in round_orders(list(by_name), rounds):
+        for name in order:
+            samples[name].append(run_contender(by_name[name], steps, warmup))
+    ref = statistics.median(samples[contenders[0].name])
+    rows = []
+    for c in contenders:
+        step = statistics.median(samples[c.name])
+        rate = c.processes / step
+        rows.append({"contender": c.name, "ms_per_step": round(1e3 * step, 1), "steps_per_s": round(rate, 2),
+                     "throughput_vs_before": round(rate * ref, 2)})
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmark.perf.levers", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--compile", action="store_true", help="add a torch.compile contender (about 90 s to compile)")
+    a = p.parse_args(argv)
+    load0 = os.getloadavg()[0]
+    rows = measure(a.rounds, a.steps, a.warmup, a.compile)
+    print(f"pocket step levers, {a.rounds} rounds x {a.steps} steps, {os.cpu_count()} cores; "
+          f"load {load0:.2f} before, {os.getloadavg()[0]:.2f} after")
+    print(f"{'contender':<58} {'ms/step':>8} {'steps/s':>8} {'x before':>9}")
+    for r in rows:
+        print(f"{r['contender']:<58} {r['ms_per_step']:>8} {r['steps_per_s']:>8} {r['throughput_vs_before']:>9}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
