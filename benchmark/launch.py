@@ -41,12 +41,17 @@ class LocalWorker:
         if self._pool is None:
             self._pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=_worker_init, initargs=(self.threads,))
+        future = self._pool.submit(execute, spec, False)
         try:
-            return self._pool.submit(execute, spec, False).result()
+            while True:
+                # Wake up every 0.2 s: a Ctrl-C that the kernel delivers to another thread of this process (the
+                # progress thread) would not interrupt a wait without timeout, and the run would go on to its end.
+                try:
+                    return future.result(timeout=0.2)
+                except cf.TimeoutError:
+                    continue
         except KeyboardInterrupt:            # Ctrl-C: stop the worker too (the run resumes from its checkpoint)
-            for proc in list(getattr(self._pool, "_processes", {}).values()):
-                proc.terminate()
-            self.close(wait=False)
+            self.terminate()
             raise
         except cf.process.BrokenProcessPool:
             self.close(wait=False)               # the next run gets a fresh worker

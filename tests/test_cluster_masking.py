@@ -71,10 +71,10 @@ def test_whole_clusters_go_together():
     patterns = torch.randn(b, k, p * p * 3, generator=g)
     labels = torch.randint(0, k, (b, n), generator=g)
     patches = torch.gather(patterns, 1, labels[..., None].expand(-1, -1, p * p * 3))
-    images = unpatchify(patches + 0.05 * torch.randn(patches.shape, generator=g), p, 8)
+    images = unpatchify(patches + 0.05 * torch.randn(patches.shape, generator=g), p, int(n ** 0.5))
     torch.manual_seed(0)
     sel = method.select(images, None, 0.0)
-    assert sel.anchors.shape[1] == 7
+    assert sel.anchors.shape[1] == n - int(n * 0.9)            # anchors = N - int(N * (1 - anchor_ratio))
     for i in range(b):
         hit = set(labels[i, sel.anchors[i]].tolist())
         for c in range(k):

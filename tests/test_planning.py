@@ -186,3 +186,26 @@ def test_plan_checks_the_dataset_root_it_is_given(tmp_path, capsys):
     assert cli.main(["plan", "--scale", "cc12m-b16", "--methods", "clip", "--dataset-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "imagenet1k") in err and "/datasets/imagenet1k" not in err
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_cluster_masking_is_planned_on_the_per_rank_batch_it_trains_on(world_size, smoke_scale):
+    """Cluster masking's tau and kept length depend on the images of a batch: on several ranks each trains on its
+    slice of the global batch (tau from rank 0's first slice), so the plan must count rank 0's step on rank 0's
+    slice, times the world size, not the step on the global batch (issue: planning over-counted it)."""
+    info = discovery.discover()["cluster_masking"]
+    cfg = info.config("smoke")
+    data = load_training_data(smoke_scale)
+    torch.manual_seed(0)
+    plan = planning.plan_run(info, cfg, smoke_scale, 0, data, "cpu", world_size)
+    assert plan.per_rank_batch == smoke_scale.batch_size // world_size
+    # rank 0 as training builds it, real weights, its loss with [B/W, B] logits, on its own slice of step 0
+    torch.manual_seed(0)
+    real = info.cls(open_clip.CLIP(**smoke_scale.model), cfg,
+                    Context(scale=smoke_scale, seed=0, rank=0, world_size=world_size)).train()
+    real.clip_loss = planning.RankClipLoss(0, world_size)
+    batch = planning.rank0_batch(data, smoke_scale, 0, "cpu", world_size)
+    assert batch["images"].shape[0] == plan.per_rank_batch
+    torch.manual_seed(0)
+    counted = [(f, world_size * flops.count_step_flops(real, batch, p)) for f, p in real.phases()]
+    assert [tuple(p) for p in plan.phases] == counted
