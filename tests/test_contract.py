@@ -12,6 +12,8 @@ from benchmark.sweep import with_requirements
 from benchmark.runs import RunSpec, execute
 
 METHODS = sorted(discover())
+# UTA's tests train its CLIP teacher first (about 7 s a seed): they run in the slow lane
+METHOD_PARAMS = [pytest.param(m, marks=pytest.mark.slow) if m == "uta" else m for m in METHODS]
 VARIANTS = sorted(f"{n}@{v}" for n, i in discover().items() for v in i.variants)
 
 
@@ -47,7 +49,7 @@ def data(smoke_scale):
     return load_training_data(smoke_scale)
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", METHOD_PARAMS)
 def test_folder_is_healthy(name):
     info = discover()[name]
     assert info.ok, info.error
@@ -56,7 +58,7 @@ def test_folder_is_healthy(name):
         assert (info.folder / f).exists(), f"methods/{name}/{f} is missing"
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", METHOD_PARAMS)
 def test_one_step_gives_finite_losses_and_gradients(name, smoke_scale, data, teacher_results):
     method = build(name, 0, smoke_scale, teacher_results(name, 0))
     losses = one_step(method, data, smoke_scale)
@@ -82,7 +84,7 @@ def test_every_variant_builds_and_steps(name, smoke_scale, data, teacher_results
     assert all(torch.isfinite(v).all() for v in losses.values()), losses
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", METHOD_PARAMS)
 def test_export_loads_into_open_clip_and_embeddings_are_normalised(name, smoke_scale, data, teacher_results):
     method = build(name, 0, smoke_scale, teacher_results(name, 0))
     state = method.export()
@@ -101,7 +103,7 @@ def test_export_loads_into_open_clip_and_embeddings_are_normalised(name, smoke_s
     assert torch.allclose(torch.nn.functional.normalize(clip.encode_text(batch["texts"]), dim=-1), txt, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", METHOD_PARAMS)
 def test_same_seed_same_losses(name, smoke_scale, data, teacher_results):
     a = one_step(build(name, 3, smoke_scale, teacher_results(name, 3)), data, smoke_scale, seed=3)
     b = one_step(build(name, 3, smoke_scale, teacher_results(name, 3)), data, smoke_scale, seed=3)
@@ -122,7 +124,7 @@ def parameters_without_gradient(method, data, scale) -> list[str]:
     return [n for n, p in method.named_parameters() if p.requires_grad and n not in reached]
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", METHOD_PARAMS)
 def test_every_trainable_parameter_gets_a_gradient(name, smoke_scale, data, teacher_results):
     """A parameter the optimizer updates (``requires_grad``) must receive a gradient in a training step of at
     least one of the method's phases; a parameter meant to stay fixed is declared so with
@@ -152,7 +154,7 @@ def test_a_learnable_bias_the_loss_never_reaches_is_caught(smoke_scale, data):
     assert parameters_without_gradient(method, data, smoke_scale) == []
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", METHOD_PARAMS)
 def test_teachers_stay_in_eval_mode_without_gradients(name, smoke_scale, data, teacher_results):
     method = build(name, 0, smoke_scale, teacher_results(name, 0))
     one_step(method, data, smoke_scale)                          # one_step calls train()

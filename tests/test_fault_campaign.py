@@ -85,6 +85,7 @@ def test_results_csv_is_rebuilt_by_run_eval_and_report(finished, in_methods, tmp
 
 
 # ---- 6. one unreadable eval file costs only its own rows, and is named ------------------------------------------
+@pytest.mark.slow
 def test_an_unreadable_eval_file_costs_only_its_rows_and_is_named(finished, in_methods, tmp_path, capsys):
     results = _copy(finished, tmp_path)
     other = _run("clip", results)                               # another method's run, its files garbled

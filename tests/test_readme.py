@@ -20,7 +20,7 @@ def contract_tests_per_method() -> list[str]:
 
     def over_methods(f):
         return any(isinstance(d, ast.Call) and ast.unparse(d.func) == "pytest.mark.parametrize"
-                   and [ast.unparse(a) for a in d.args] == ["'name'", "METHODS"] for d in f.decorator_list)
+                   and [ast.unparse(a) for a in d.args] == ["'name'", "METHOD_PARAMS"] for d in f.decorator_list)
     return [f.name for f in tree.body if isinstance(f, ast.FunctionDef) and f.name.startswith("test_")
             and over_methods(f)]
 
