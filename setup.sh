@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up maskbench on a fresh machine: a virtual environment with the pinned stack (plain pip: the local
-# wheelhouse is only visible to pip). Idempotent; about 2-3 minutes the first time, seconds afterwards.
+# wheelhouse is only visible to pip). Idempotent; about 3-4 minutes the first time, seconds afterwards.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 PY=${PYTHON:-python3}

@@ -532,7 +532,10 @@ def test_ctrl_c_under_the_local_cluster_prints_no_submitit_traceback(in_methods,
     results = tmp_path / "results"
     child = subprocess.Popen([sys.executable, "-m", "benchmark", "run", "--methods", "clip", "--scale", "smoke",
                               "--cluster", "local", "--results", str(results), "--no-report"], cwd=REPO_ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             # a terminal's Ctrl-C: under a shell that started the tests in the background, SIGINT
+                             # is ignored, and an ignored signal is inherited (Python then installs no handler)
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not (_run("clip", results) / "train.jsonl").exists():     # the worker is training
