@@ -247,7 +247,7 @@ def _specs(args, scale_name: str):
 
 def _jobs(args) -> int:
     """--jobs checked (before anything is written, from ``_refuse_before_writing``), or its default."""
-    from benchmark.launch import default_jobs
+    from benchmark.local_workers import default_jobs
     if args.jobs is None:
         return default_jobs() if args.cluster == "local" else 1
     if args.jobs < 1:
@@ -296,19 +296,43 @@ def _check_eval_datasets(scale, args, cluster: str) -> None:
             print(f"evaluation: {line}")
 
 
+def _early_workers(args) -> int:
+    """How many local workers ``run`` starts before this process imports torch, so that their start-up (about
+    14 s of imports each) overlaps this process's own imports, checks and data generation: ``--jobs``, else one
+    per core (at most 4; one where a GPU device node exists), at most one per requested run. A guess made
+    without torch: ``launch`` closes the workers it does not need and starts those it lacks."""
+    if args.cluster != "local" or (args.jobs is not None and args.jobs < 1):
+        return 0
+    from benchmark import methods_dir
+    from benchmark.scales import default_seeds
+    jobs = args.jobs or (1 if Path("/dev/nvidiactl").exists() else max(1, min(4, os.cpu_count() or 1)))
+    names = split_list(args.methods)
+    n_methods = (sum(1 for p in methods_dir().glob("*/method.py")) if names == ["all"] else len(names))
+    n_seeds = len(args.seeds) if args.seeds else len(default_seeds(Path(args.scale).stem))
+    return min(jobs, n_methods * n_seeds)
+
+
 def cmd_run(args) -> int:
-    from benchmark.launch import launch
-    scale, specs = _specs(args, args.scale)
-    if not scale.runs_here and args.cluster != "slurm":
-        raise UserError(f"scale {scale.name!r} is defined for a GPU cluster (ViT-B/16, {scale.samples:,} samples); "
-                        "run it with --cluster slurm --slurm-profile FILE, or use --scale smoke|pocket here")
-    _refuse_before_writing(scale, specs, args)
-    t_data = time.perf_counter()
-    if scale.data.kind == "embedded" and not args.data:
-        from benchmark.evaluation.sets import embedded_folder
-        embedded_folder(scale)                                  # generate once, before any job starts
+    from benchmark.local_workers import close_workers, start_local_workers
+    workers = start_local_workers(_early_workers(args))
+    try:
+        from benchmark.launch import launch
+        scale, specs = _specs(args, args.scale)
+        if not scale.runs_here and args.cluster != "slurm":
+            raise UserError(f"scale {scale.name!r} is defined for a GPU cluster (ViT-B/16, {scale.samples:,} "
+                            "samples); run it with --cluster slurm --slurm-profile FILE, or use --scale "
+                            "smoke|pocket here")
+        _refuse_before_writing(scale, specs, args)
+        t_data = time.perf_counter()
+        if scale.data.kind == "embedded" and not args.data:
+            from benchmark.evaluation.sets import embedded_folder
+            embedded_folder(scale)                              # generate once, before any job starts
+    except BaseException:
+        close_workers(workers)
+        raise
     t0 = time.perf_counter()
-    outcomes = launch(specs, cluster=args.cluster, slurm_profile=args.slurm_profile, jobs=_jobs(args))
+    outcomes = launch(specs, cluster=args.cluster, slurm_profile=args.slurm_profile, jobs=_jobs(args),
+                      workers=workers)
     runs_s = time.perf_counter() - t0
     _rebuild_table(args.results, scale.name)
     print(f"\n{len(outcomes)} run(s) in {runs_s:.0f} s at scale {scale.name}:")

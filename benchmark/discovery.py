@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import importlib.util
 import io
-import os
 import re
 import sys
 import traceback
@@ -24,7 +23,7 @@ import yaml
 
 import torch
 
-from benchmark import REPO_ROOT
+from benchmark import methods_dir
 from benchmark.errors import UserError
 from benchmark.method import Context, Method
 from benchmark.model import build_clip
@@ -41,10 +40,6 @@ class Variant:
     summary: str = ""
     overrides: dict = field(default_factory=dict)
     batch_multiplier: int = 1      # the run's global batch = the scale's x this (learning rate scaled linearly)
-
-
-def methods_dir() -> Path:
-    return Path(os.environ.get("MASKBENCH_METHODS", REPO_ROOT / "methods"))
 
 
 @dataclass

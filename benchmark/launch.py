@@ -13,10 +13,6 @@ resumes from its last checkpoint when the command is run again.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
-import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -25,78 +21,9 @@ import submitit
 
 from benchmark import errors, progress, slurm
 from benchmark.errors import RunFailed, RunLocked, UserError
+from benchmark.local_workers import LocalWorker, close_workers, threads_per_job
 from benchmark.runs import RunSpec, check_config, execute, identity
 from benchmark.sweep import Outcome, blocked_by, with_requirements
-
-
-class LocalWorker:
-    """One persistent worker process; ``run(spec)`` executes a run in it and returns or raises what it did.
-    ``threads``: its torch threads (None: torch's default, every core)."""
-
-    def __init__(self, threads: int | None = None):
-        self._pool = None
-        self.threads = threads
-
-    def run(self, spec: RunSpec):
-        if self._pool is None:
-            self._pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_worker_init, initargs=(self.threads,))
-        future = self._pool.submit(execute, spec, False)
-        try:
-            while True:
-                # Wake up every 0.2 s: a Ctrl-C that the kernel delivers to another thread of this process (the
-                # progress thread) would not interrupt a wait without timeout, and the run would go on to its end.
-                try:
-                    return future.result(timeout=0.2)
-                except cf.TimeoutError:
-                    continue
-        except KeyboardInterrupt:            # Ctrl-C: stop the worker too (the run resumes from its checkpoint)
-            self.terminate()
-            raise
-        except cf.process.BrokenProcessPool:
-            self.close(wait=False)               # the next run gets a fresh worker
-            raise RunFailed(f"{spec.label()} failed: its worker process died (killed or out of memory); run the "
-                            "command again to resume it from its last checkpoint") from None
-
-    def terminate(self):
-        """Stop the worker process now (Ctrl-C in the launcher); its run resumes from its last checkpoint."""
-        if self._pool is not None:
-            for proc in list(getattr(self._pool, "_processes", {}).values()):
-                proc.terminate()
-            self.close(wait=False)
-
-    def close(self, wait: bool = True):
-        if self._pool is not None:
-            self._pool.shutdown(wait=wait, cancel_futures=True)
-            self._pool = None
-
-
-def _worker_init(threads: int | None = None) -> None:
-    # A Ctrl-C reaches the whole process group: the launcher stops the worker, which would otherwise print its
-    # own KeyboardInterrupt traceback under the launcher's message.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import benchmark.runs  # noqa: F401 - what every run imports (torch, open_clip, the harness), once per worker
-    if threads:
-        import torch
-        torch.set_num_threads(threads)
-
-
-def _cpu_only() -> bool:
-    import torch
-    return not torch.cuda.is_available()
-
-
-def default_jobs() -> int:
-    """Runs side by side with ``--cluster local`` when ``--jobs`` is not given: one per CPU core (at most 4, about
-    1.3 GB each at pocket) on a machine without a GPU; one with a GPU."""
-    return max(1, min(4, os.cpu_count() or 1)) if _cpu_only() else 1
-
-
-def threads_per_job() -> int | None:
-    """Torch threads of each local worker: one on a CPU, whatever ``--jobs`` is, so that a run's floating-point
-    summation order (and so its metrics) is the same on every CPU machine and at every ``--jobs``; torch's
-    default with a GPU."""
-    return 1 if _cpu_only() else None
 
 
 def _executor(cluster: str, folder: Path, threads: int | None = None):
@@ -111,21 +38,27 @@ ALREADY_FINISHED = "already finished (--force to retrain)"
 
 
 def launch(specs: list[RunSpec], cluster: str = "local", methods_dir: Path | None = None,
-           progress_bar: bool = True, slurm_profile: str | None = None, jobs: int = 1) -> list[Outcome]:
+           progress_bar: bool = True, slurm_profile: str | None = None, jobs: int = 1,
+           workers: list[LocalWorker] | None = None) -> list[Outcome]:
     """Run ``specs``: with ``cluster="local"`` and ``jobs`` > 1, that many side by side (a run after the runs it
     requires), else one after another; with ``cluster="slurm"`` submit them with the profile YAML
     ``slurm_profile`` instead.
 
     ``progress_bar``: live progress lines on stderr (``benchmark.progress``), read from each run's log, for runs
-    in this process and in worker processes alike. A finished run is not started again.
+    in this process and in worker processes alike. A finished run is not started again. ``workers``: local
+    workers already started (``start_local_workers``), used first; ``launch`` closes them.
     """
     specs = with_requirements(specs, methods_dir)
+    if cluster != "local":
+        close_workers(list(workers or []))
     if cluster == "slurm":
         return slurm.submit_sweep(specs, slurm_profile, methods_dir)
     jobs = max(1, min(jobs, len(specs))) if cluster == "local" else 1
     submitit_folder = Path(specs[0].results) / specs[0].scale / ".submitit"
     threads = threads_per_job()
-    executors = [_executor(cluster, submitit_folder, threads) for _ in range(jobs)]
+    started = list(workers or []) if cluster == "local" else []
+    close_workers(started[jobs:])
+    executors = started[:jobs] + [_executor(cluster, submitit_folder, threads) for _ in range(jobs - len(started))]
     where = "in this process" if executors[0] is None else "in a worker process"
     # two runs drawing one line each in place would overwrite each other: side by side, lines are printed
     console = progress.Console(len(specs), quiet=not progress_bar, redraw=jobs == 1)

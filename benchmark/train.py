@@ -7,6 +7,7 @@ optimizer, RNG state and data position (the batch of a step is a function of the
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
 from benchmark import checkpoint, distributed
@@ -97,16 +99,26 @@ def autocast_for(device) -> torch.autocast:
     return torch.autocast("cpu", enabled=False)
 
 
+def attention_kernel_for(device):
+    """SDPA's kernel in the training step: torch's choice on GPU (flash); the math kernel on CPU, where the
+    flash kernel's per-call set-up dominates the short sequences of small models (pocket: 17 image and 20 text
+    tokens; 4-12 % faster steps for five of the six methods, ``python -m benchmark.perf.levers``). FLOPs are
+    counted under the math kernel too (``benchmark.flops``)."""
+    if torch.device(device).type == "cuda":
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def train_step(model: torch.nn.Module, method, opt: torch.optim.Optimizer, batch: dict, progress: float, lr: float,
                grad_clip: float | None, device, step: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One optimizer step, the only one there is: the loop below, ``benchmark perf`` and any script call it.
 
     Sets ``lr``, runs the method's ``training_step`` (through ``model``: the method or its DDP wrapper) under
-    ``autocast_for(device)``, refuses a non-finite loss, backward, gradient clipping, the optimizer step and the
+    ``autocast_for(device)`` and ``attention_kernel_for(device)``, refuses a non-finite loss, backward, gradient clipping, the optimizer step and the
     method's ``after_optimizer_step``. Returns the named losses and the gradient norm (before clipping)."""
     for group in opt.param_groups:
         group["lr"] = lr
-    with autocast_for(device):
+    with autocast_for(device), attention_kernel_for(device):
         losses = model(batch, progress)
     loss = losses["loss"]
     if not torch.isfinite(loss.detach()).all():

@@ -83,3 +83,16 @@ def test_relations_are_unambiguous():
         dx, dy = abs(a.x - b.x), abs(a.y - b.y)
         main, other = (dx, dy) if "left" in s.relation or "right" in s.relation else (dy, dx)
         assert main > other, s
+
+
+def test_generation_writes_the_decoded_cache_that_decoding_the_shards_gives(tmp_path):
+    """The training images and captions are cached while they are generated (no run decodes the shards
+    again); the cache is exactly what reading the PNG shards back gives, in the same order."""
+    folder = embedded.ensure(32, embedded.SHARD_SIZE + 300, 40, seed=3, root=tmp_path)   # two shards
+    arr, caps = embedded.decoded_train_paths(folder, 32)
+    assert embedded.cached_ok(arr) and embedded.cached_ok(caps)
+    images, captions, report = read_pairs_from_shards(sorted(str(p) for p in folder.glob("train-*.tar")), 32)
+    assert report.skipped == 0 and len(captions) == embedded.SHARD_SIZE + 300
+    assert np.array_equal(np.load(arr), images)
+    assert json.loads(caps.read_text()) == captions
+    assert set(json.loads((folder / "manifest.json").read_text())["files"]).isdisjoint({arr.name, caps.name})

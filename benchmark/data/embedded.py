@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -197,16 +198,19 @@ def _writer(path: Path):
     return wds.TarWriter(str(path), mtime=0.0)   # fixed mtime: same seed, same bytes
 
 
-def _write_train_shard(out: Path, shard: int, image_size: int, train_size: int, seed: int) -> int:
-    n = 0
+def _write_train_shard(out: Path, shard: int, image_size: int, train_size: int, seed: int):
+    """Write one training shard; returns its images (uint8 [n, H, W, 3], exactly what decoding its PNGs gives:
+    PNG is lossless and they are rendered at the model's size) and captions, for the decoded cache."""
+    images, captions = [], []
     with _writer(out / f"train-{shard:05d}.tar") as w:
         for i in range(shard * SHARD_SIZE, min(train_size, (shard + 1) * SHARD_SIZE)):
             rng = _rng(seed, "train", i)
             scene = S.sample_scene(rng)
-            w.write({"__key__": f"{i:07d}", "png": S.png_bytes(S.render(scene, image_size, rng)),
-                     "txt": scene.caption().encode()})
-            n += 1
-    return n
+            image = S.render(scene, image_size, rng)
+            images.append(image)
+            captions.append(scene.caption())
+            w.write({"__key__": f"{i:07d}", "png": S.png_bytes(image), "txt": captions[-1].encode()})
+    return np.stack(images), captions
 
 
 def _write_eval_set(out: Path, name: str, image_size: int, eval_size: int, seed: int) -> int:
@@ -221,24 +225,30 @@ def _write_eval_set(out: Path, name: str, image_size: int, eval_size: int, seed:
 
 
 def generate(out: Path, image_size: int, train_size: int, eval_size: int, seed: int = 0,
-             workers: int | None = None) -> None:
-    """Write every file; files are independent, so they are written in parallel processes."""
+             workers: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """Write every file; files are independent, so they are written in parallel processes. Returns the
+    training images and captions in shard order (as reading the shards back gives them)."""
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(_write_train_shard, (out, s, image_size, train_size, seed))
-            for s in range(max(1, -(-train_size // SHARD_SIZE)))]
+    n_train = max(1, -(-train_size // SHARD_SIZE))
+    jobs = [(_write_train_shard, (out, s, image_size, train_size, seed)) for s in range(n_train)]
     jobs += [(_write_eval_set, (out, name, image_size, eval_size, seed)) for name in SET_IDS if name != "train"]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
+    results: dict[int, object] = {}
     with tqdm(total=len(jobs), desc="generating embedded data", unit="file") as bar:
         if workers == 1:
-            for fn, args in jobs:
-                fn(*args)
+            for i, (fn, args) in enumerate(jobs):
+                results[i] = fn(*args)
                 bar.update()
-            return
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_die_with, initargs=(os.getpid(),)) as pool:
-            for fut in as_completed([pool.submit(fn, *args) for fn, args in jobs]):
-                fut.result()
-                bar.update()
+        else:
+            ctx = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_die_with,
+                                     initargs=(os.getpid(),)) as pool:
+                futures = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(jobs)}
+                for fut in as_completed(futures):
+                    results[futures[fut]] = fut.result()
+                    bar.update()
+    shards = [results[i] for i in range(n_train)]
+    return np.concatenate([im for im, _ in shards]), [c for _, caps in shards for c in caps]
 
 
 def _die_with(parent: int) -> None:
@@ -295,6 +305,17 @@ def cached_ok(path: Path) -> bool:
     except OSError:
         return False
     return _matches(path, digest)
+
+
+def decoded_train_paths(folder: Path, size: int) -> tuple[Path, Path]:
+    """The derived cache of the decoded training set: images uint8 [N, size, size, 3] (.npy) and captions."""
+    return folder / f"train-decoded-px{size}.npy", folder / "train-captions.json"
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
 
 
 def write_cached(path: Path, data: bytes) -> None:
@@ -358,7 +379,7 @@ def ensure(image_size: int, train_size: int, eval_size: int, seed: int = 0, root
     lock = open(tmp / _LOCK, "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        generate(tmp, image_size, train_size, eval_size, seed)
+        images, captions = generate(tmp, image_size, train_size, eval_size, seed)
         (tmp / _LOCK).unlink()                                     # still held (the open file) until the rename
         files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
         manifest = {"version": VERSION, "image_size": image_size, "train_size": train_size,
@@ -369,6 +390,10 @@ def ensure(image_size: int, train_size: int, eval_size: int, seed: int = 0, root
         except OSError:            # another process finished first: keep theirs
             if damage(final):
                 raise
+        else:                      # the decoded cache, so that no run decodes the shards again
+            arr, caps = decoded_train_paths(final, image_size)
+            write_cached(arr, npy_bytes(images))
+            write_cached(caps, json.dumps(captions).encode())
     finally:
         lock.close()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -8,7 +8,6 @@ the model's device; captions are tokenised once and cached beside the data.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ def tokenize_cached(captions: list[str], context_length: int, cache_dir: Path | 
         return torch.from_numpy(np.load(path))
     tokens = tokenizer(context_length)(captions)
     if path is not None:
-        embedded.write_cached(path, _npy_bytes(tokens.numpy()))
+        embedded.write_cached(path, embedded.npy_bytes(tokens.numpy()))
     return tokens
 
 
@@ -45,12 +44,6 @@ def _cached(path: Path) -> bool:
         print(f"warning: {path} does not match its sha256 (damaged, or written before digests were kept); "
               "rebuilding it", file=sys.stderr)
     return False
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
 
 
 class InMemoryPairs:
@@ -115,12 +108,12 @@ class InMemoryPairs:
 
 def _decoded_cached(folder: Path, size: int) -> tuple[np.ndarray, list[str]]:
     """Decoding 30k PNGs takes ~15 s here; the decoded uint8 array is cached beside the shards."""
-    arr, caps = folder / f"train-decoded-px{size}.npy", folder / "train-captions.json"
+    arr, caps = embedded.decoded_train_paths(folder, size)
     if _cached(arr) and _cached(caps):
         return np.load(arr), json.loads(caps.read_text())
     urls = sorted(str(p) for p in folder.glob("train-*.tar"))
     images, captions, _ = read_pairs_from_shards(urls, size)
-    embedded.write_cached(arr, _npy_bytes(images))
+    embedded.write_cached(arr, embedded.npy_bytes(images))
     embedded.write_cached(caps, json.dumps(captions).encode())
     return images, captions
 

@@ -1,5 +1,5 @@
 """Speed levers of the pocket step on this machine, side by side in one command: the model's patch size, torch
-threads against runs side by side, a compact vocabulary and a one-layer text tower (``--compile`` adds
+threads against runs side by side, a compact vocabulary, a one-layer text tower and SDPA's math kernel (``--compile`` adds
 ``torch.compile``).
 
 Every contender trains the bare pocket CLIP step (open_clip ``CLIP`` forward, ``ClipLoss``, backward,
@@ -34,6 +34,7 @@ class Contender:
     vocab: int = 49408
     text_layers: int = 2
     compile: bool = False
+    math_attention: bool = False   # SDPA's math kernel instead of the CPU flash kernel (the trainer's CPU choice)
 
 
 CONTENDERS = [
@@ -44,6 +45,7 @@ CONTENDERS = [
     Contender("patch 8, two runs side by side, 1 thread each (landed)", patch=8, threads=1, processes=2),
     Contender("patch 8, 1 thread, compact vocabulary (1,024 tokens)", patch=8, threads=1, vocab=1024),
     Contender("patch 8, 1 thread, one text layer", patch=8, threads=1, text_layers=1),
+    Contender("patch 8, 1 thread, SDPA math kernel", patch=8, threads=1, math_attention=True),
 ]
 
 
@@ -66,9 +68,13 @@ def _child(c: Contender, steps: int, warmup: int, out) -> None:
     images = torch.randn(scale.batch_size, 3, scale.image_size, scale.image_size)
     texts = torch.randint(0, c.vocab, (scale.batch_size, scale.context_length))
     times = []
+    from contextlib import nullcontext
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        o = forward(images, texts)
+        with sdpa_kernel(SDPBackend.MATH) if c.math_attention else nullcontext():
+            o = forward(images, texts)
         loss = loss_fn(o["image_features"], o["text_features"], o["logit_scale"])
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -27,7 +27,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def _methods_dir() -> Path:
-    from benchmark.discovery import methods_dir      # imports open_clip: only when no folder is given
+    from benchmark import methods_dir
     return methods_dir()
 
 
