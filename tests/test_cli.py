@@ -1,6 +1,9 @@
 """Command line: discovery of method folders, bad input -> exit 2 with a message naming the fix.
 
 ``benchmark.cli.main`` answers in this process (``python -m benchmark`` itself runs in tests/test_readme.py)."""
+import multiprocessing
+import signal
+
 from conftest import GOOD_METHOD
 
 from benchmark.cli import main
@@ -17,6 +20,10 @@ def test_unknown_method_exits_2_and_lists_available(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "nosuchmethod" in err and "clip" in err and "flip" in err
     assert not any(tmp_path.iterdir()), "nothing may be written on bad input"
+    # the local worker `run` started before checking its input was stopped (SIGTERM), not left importing
+    for child in multiprocessing.active_children():
+        child.join(5)
+        assert child.exitcode == -signal.SIGTERM
 
 
 def _methods_dir(tmp_path):

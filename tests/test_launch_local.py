@@ -97,3 +97,19 @@ def test_side_by_side_workers_keep_required_runs_first_and_one_thread_each(tmp_p
     for m in ("pid_a", "needs_a", "pid_b"):
         machine = json.loads((run(m) / "metrics.json").read_text())["machine"]
         assert machine["torch_threads"] == 1             # one thread per run on a CPU, at any --jobs
+
+
+def test_runs_go_to_the_workers_started_before_the_sweep_and_unneeded_ones_are_stopped(tmp_path):
+    """``run`` starts its workers before it imports torch (``start_local_workers``); ``launch`` runs the sweep
+    in exactly those processes and stops the ones it does not need."""
+    from benchmark.local_workers import start_local_workers
+    methods, results = _methods(tmp_path), tmp_path / "results"
+    workers = start_local_workers(3)
+    started = [set(w._pool._processes) for w in workers]
+    assert all(len(p) == 1 for p in started)
+    specs = [RunSpec(method=m, seed=0, scale="smoke", results=str(results), methods_dir=str(methods))
+             for m in ("pid_a", "pid_b")]
+    outcomes = launch(specs, cluster="local", methods_dir=methods, progress_bar=False, jobs=2, workers=workers)
+    assert [o.status for o in outcomes] == ["done", "done"]
+    assert {_pid(results, "pid_a"), _pid(results, "pid_b")} <= started[0] | started[1]
+    assert all(w._pool is None for w in workers)           # all closed: the two used, the third unneeded
