@@ -12,6 +12,7 @@ import os
 import signal
 
 from benchmark.errors import RunFailed
+from benchmark.processes import die_with
 
 
 class LocalWorker:
@@ -26,7 +27,7 @@ class LocalWorker:
         """Start the worker process now (it imports torch, open_clip and the harness while the caller goes on)."""
         if self._pool is None:
             self._pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_worker_init, initargs=(self.threads,))
+                                                initializer=_worker_init, initargs=(self.threads, os.getpid()))
             self._pool.submit(_ready)
         return self
 
@@ -66,10 +67,11 @@ class LocalWorker:
 AUTO = -1      # a worker's torch threads: decided in the worker, by ``threads_per_job`` (it needs torch)
 
 
-def _worker_init(threads: int | None = None) -> None:
+def _worker_init(threads: int | None, parent: int) -> None:
     # A Ctrl-C reaches the whole process group: the launcher stops the worker, which would otherwise print its
-    # own KeyboardInterrupt traceback under the launcher's message.
+    # own KeyboardInterrupt traceback under the launcher's message. A launcher killed outright takes it along.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with(parent)
     import benchmark.runs  # noqa: F401 - what every run imports (torch, open_clip, the harness), once per worker
     if threads == AUTO:
         threads = threads_per_job()

@@ -521,6 +521,42 @@ def test_a_killed_generation_takes_its_workers_along_and_its_temporary_folder_is
     assert not [d for d in root.iterdir() if d.name.startswith(".")]
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_a_killed_launcher_takes_its_local_workers_along(in_methods, tmp_path):
+    """SIGKILL (or a Slurm/``timeout`` SIGTERM) of ``run --cluster local`` stops its worker too: a worker left
+    behind would go on training its run, unseen, beside the run the next command starts on the same folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    results = tmp_path / "results"
+    child = subprocess.Popen([sys.executable, "-m", "benchmark", "run", "--methods", "clip", "--scale", "smoke",
+                              "--cluster", "local", "--results", str(results), "--no-report"], cwd=REPO_ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    workers = []
+    try:
+        deadline = time.monotonic() + 300
+        while not (_run("clip", results) / "train.jsonl").exists():     # the worker is training
+            assert child.poll() is None and time.monotonic() < deadline, "the run never started"
+            time.sleep(0.2)
+        workers = _children(child.pid)
+        assert workers
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        deadline = time.monotonic() + 20
+        while any(_alive(w) for w in workers):
+            assert time.monotonic() < deadline, f"workers {[w for w in workers if _alive(w)]} outlived the launcher"
+            time.sleep(0.2)
+    finally:
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+
+
 # ---- 15. Ctrl-C under --cluster local: the friendly message only ---------------------------------------------------
 @pytest.mark.slow
 def test_ctrl_c_under_the_local_cluster_prints_no_submitit_traceback(in_methods, tmp_path):

@@ -15,7 +15,6 @@ later (decoded images, tokens) carry a ``.sha256`` beside them and are rebuilt w
 """
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import hashlib
 import io
@@ -23,7 +22,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -35,6 +33,7 @@ import webdataset as wds
 from tqdm import tqdm
 
 from benchmark.checkpoint import atomic_write_bytes, file_sha256
+from benchmark.processes import die_with
 from benchmark.data import shapes as S
 
 VERSION = 2                 # 2: zero-shot classes name the size, one template in the caption grammar
@@ -241,7 +240,7 @@ def generate(out: Path, image_size: int, train_size: int, eval_size: int, seed: 
                 bar.update()
         else:
             ctx = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_die_with,
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with,
                                      initargs=(os.getpid(),)) as pool:
                 futures = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(jobs)}
                 for fut in as_completed(futures):
@@ -249,17 +248,6 @@ def generate(out: Path, image_size: int, train_size: int, eval_size: int, seed: 
                     bar.update()
     shards = [results[i] for i in range(n_train)]
     return np.concatenate([im for im, _ in shards]), [c for _, caps in shards for c in caps]
-
-
-def _die_with(parent: int) -> None:
-    """Worker initializer: a SIGKILL of the generating process kills its workers too (Linux's parent-death
-    signal; elsewhere they finish their file and exit when the pool's pipe closes)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)       # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:                                           # the parent died before the prctl
-        os._exit(1)
 
 
 # ---- the cache: verified at load, regenerated when damaged, temporary folders of killed runs cleared -----------------

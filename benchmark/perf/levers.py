@@ -11,6 +11,13 @@ median step time over rounds and its throughput (steps per second of the whole m
 reference (the landed pocket step before this change: patch 4, one process with every core).
 
     python -m benchmark.perf.levers [--rounds 3] [--steps 30] [--compile]
+
+``--attention`` measures the attention-kernel lever on the harness's own training step instead
+(``benchmark.perf.harness.HarnessStep``: ``benchmark.train.train_step`` on the embedded pocket data, every method
+as the sweep builds it, one torch thread): SDPA's choice on CPU (its flash kernel) against the math kernel that
+``train_step`` uses on CPU, interleaved step block by step block in one process, median ms per step.
+
+    python -m benchmark.perf.levers --attention [--rounds 4] [--steps 6]
 """
 from __future__ import annotations
 
@@ -115,6 +122,46 @@ def measure(rounds: int = 3, steps: int = 30, warmup: int = 10, with_compile: bo
     return rows
 
 
+def attention_kernels(rounds: int = 4, steps: int = 6, warmup: int = 2) -> list[dict]:
+    """Per method, the harness step's median ms with SDPA's own choice (flash on CPU) and with the math kernel."""
+    from contextlib import nullcontext
+    from pathlib import Path
+    from tempfile import TemporaryDirectory
+    from unittest import mock
+
+    import torch
+
+    from benchmark import train
+    from benchmark.discovery import build_method, discover
+    from benchmark.perf import harness
+    from benchmark.scales import get_scale
+    torch.set_num_threads(1)
+    scale, device = get_scale("pocket"), torch.device("cpu")
+    data = harness.training_pairs(scale)
+    times: dict[tuple[str, str], list[float]] = {}
+    with TemporaryDirectory() as scratch:
+        step_of = {name: harness.HarnessStep(build_method(name, scale, overrides=harness.method_overrides(
+                       name, Path(scratch), scale)), data, scale, device)
+                   for name, info in discover().items() if info.ok}
+        kernels = {"flash": lambda device: nullcontext(), "math": train.attention_kernel_for}
+        for order in round_orders(list(kernels), rounds):
+            for name, step in step_of.items():
+                for kernel in order:
+                    with mock.patch.object(train, "attention_kernel_for", kernels[kernel]):
+                        for _ in range(warmup):
+                            step()
+                        for _ in range(steps):
+                            t0 = time.perf_counter()
+                            step()
+                            times.setdefault((name, kernel), []).append(time.perf_counter() - t0)
+    rows = []
+    for name in step_of:
+        flash, math = (statistics.median(times[(name, k)]) for k in ("flash", "math"))
+        rows.append({"method": name, "flash_ms": round(1e3 * flash, 1), "math_ms": round(1e3 * math, 1),
+                     "speedup": round(flash / math, 3)})
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmark.perf.levers", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,8 +169,18 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--compile", action="store_true", help="add a torch.compile contender (about 90 s to compile)")
+    p.add_argument("--attention", action="store_true",
+                   help="the attention kernel on the harness's training step of every method instead")
     a = p.parse_args(argv)
     load0 = os.getloadavg()[0]
+    if a.attention:
+        rows = attention_kernels(a.rounds, a.steps)
+        print(f"harness training step, SDPA flash (CPU default) against math, {a.rounds} rounds x {a.steps} "
+              f"steps, 1 thread; load {load0:.2f} before, {os.getloadavg()[0]:.2f} after")
+        print(f"{'method':<18} {'flash ms':>9} {'math ms':>9} {'x':>7}")
+        for r in rows:
+            print(f"{r['method']:<18} {r['flash_ms']:>9} {r['math_ms']:>9} {r['speedup']:>7}")
+        return 0
     rows = measure(a.rounds, a.steps, a.warmup, a.compile)
     print(f"pocket step levers, {a.rounds} rounds x {a.steps} steps, {os.cpu_count()} cores; "
           f"load {load0:.2f} before, {os.getloadavg()[0]:.2f} after")
