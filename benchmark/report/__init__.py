@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from benchmark.results import code_version
 from benchmark.report import collect, html, paper_tables, plots, provenance, tables
 
 
@@ -39,8 +40,9 @@ def write_reports(results: Path, scale: str, reports: Path, methods: Path | None
     out = Path(reports) / scale
     out.mkdir(parents=True, exist_ok=True)
 
+    commit = code_version()                      # before anything below is written
     shipped = provenance.ship_runs(res, out)
-    head = provenance.header(res, out, shipped, command, wall_time_s)
+    head = provenance.header(res, out, shipped, command, wall_time_s, commit)
     _write(out / "provenance.json", json.dumps(head, indent=1) + "\n")
     lines = provenance.header_lines(head)
     summary = tables.summary_frame(res)

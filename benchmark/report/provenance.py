@@ -62,12 +62,13 @@ def _machines(res: Results) -> list[str]:
 
 
 def header(res: Results, out: Path, shipped: Path | None, command: str | None = None,
-           wall_time_s: float | None = None) -> dict:
-    """The facts a report states first; also written as ``provenance.json``."""
+           wall_time_s: float | None = None, commit: str | None = None) -> dict:
+    """The facts a report states first; also written as ``provenance.json``. ``commit``: the code version taken
+    before the report wrote anything (its own files would otherwise mark a committed report's tree dirty)."""
     done = res.runs[res.runs["status"] == "done"]
     train_s = pd.to_numeric(done["wall_time_s"], errors="coerce").sum()
     eval_s = pd.to_numeric(done["eval_time_s"], errors="coerce").sum()
-    return {"report_commit": code_version(),
+    return {"report_commit": commit or code_version(),
             "run_commits": sorted({str(c) for c in res.runs["code_version"].dropna()}),
             "command": command or f"python -m benchmark report --scale {res.scale} --results {res.root.parent}",
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
