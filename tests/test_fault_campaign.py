@@ -486,6 +486,22 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _kill_and_expect_its_children_gone(parent, within_s: float = 20) -> list[int]:
+    """SIGKILL ``parent`` (a Popen) and wait until every child it had is gone; returns the children's pids."""
+    import os
+    import signal
+    import time
+    workers = _children(parent.pid)
+    assert workers, "nothing to test: the process has no children"
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + within_s
+    while any(_alive(w) for w in workers):
+        assert time.monotonic() < deadline, f"children {[w for w in workers if _alive(w)]} outlived their parent"
+        time.sleep(0.2)
+    return workers
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
 def test_a_killed_generation_takes_its_workers_along_and_its_temporary_folder_is_cleared(tmp_path):
     import os
@@ -503,13 +519,7 @@ def test_a_killed_generation_takes_its_workers_along_and_its_temporary_folder_is
         while len(_children(parent.pid)) < 2:                  # both workers started
             assert parent.poll() is None and time.monotonic() < deadline, "the generation never started workers"
             time.sleep(0.2)
-        workers = _children(parent.pid)
-        os.kill(parent.pid, signal.SIGKILL)
-        parent.wait()
-        deadline = time.monotonic() + 20
-        while any(_alive(w) for w in workers):
-            assert time.monotonic() < deadline, f"workers {[w for w in workers if _alive(w)]} outlived their parent"
-            time.sleep(0.2)
+        _kill_and_expect_its_children_gone(parent)
     finally:
         for w in _children(parent.pid):
             os.kill(w, signal.SIGKILL)
@@ -541,14 +551,8 @@ def test_a_killed_launcher_takes_its_local_workers_along(in_methods, tmp_path):
         while not (_run("clip", results) / "train.jsonl").exists():     # the worker is training
             assert child.poll() is None and time.monotonic() < deadline, "the run never started"
             time.sleep(0.2)
-        workers = _children(child.pid)
-        assert workers
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
-        deadline = time.monotonic() + 20
-        while any(_alive(w) for w in workers):
-            assert time.monotonic() < deadline, f"workers {[w for w in workers if _alive(w)]} outlived the launcher"
-            time.sleep(0.2)
+        workers = _children(child.pid)                  # killed in `finally` should they outlive it
+        _kill_and_expect_its_children_gone(child)
     finally:
         for w in workers:
             if _alive(w):

@@ -175,18 +175,17 @@ def main(argv=None) -> int:
     load0 = os.getloadavg()[0]
     if a.attention:
         rows = attention_kernels(a.rounds, a.steps)
-        print(f"harness training step, SDPA flash (CPU default) against math, {a.rounds} rounds x {a.steps} "
-              f"steps, 1 thread; load {load0:.2f} before, {os.getloadavg()[0]:.2f} after")
-        print(f"{'method':<18} {'flash ms':>9} {'math ms':>9} {'x':>7}")
-        for r in rows:
-            print(f"{r['method']:<18} {r['flash_ms']:>9} {r['math_ms']:>9} {r['speedup']:>7}")
-        return 0
-    rows = measure(a.rounds, a.steps, a.warmup, a.compile)
-    print(f"pocket step levers, {a.rounds} rounds x {a.steps} steps, {os.cpu_count()} cores; "
-          f"load {load0:.2f} before, {os.getloadavg()[0]:.2f} after")
-    print(f"{'contender':<58} {'ms/step':>8} {'steps/s':>8} {'x before':>9}")
-    for r in rows:
-        print(f"{r['contender']:<58} {r['ms_per_step']:>8} {r['steps_per_s']:>8} {r['throughput_vs_before']:>9}")
+        title = f"harness training step, SDPA flash (CPU default) against math, {a.rounds} rounds x {a.steps} steps"
+        columns = [("method", "method", 18), ("flash ms", "flash_ms", 9), ("math ms", "math_ms", 9),
+                   ("x", "speedup", 7)]
+    else:
+        rows = measure(a.rounds, a.steps, a.warmup, a.compile)
+        title = f"pocket step levers, {a.rounds} rounds x {a.steps} steps, {os.cpu_count()} cores"
+        columns = [("contender", "contender", 58), ("ms/step", "ms_per_step", 8), ("steps/s", "steps_per_s", 8),
+                   ("x before", "throughput_vs_before", 9)]
+    print(f"{title}; load {load0:.2f} before, {os.getloadavg()[0]:.2f} after")
+    for row in [{key: head for head, key, _ in columns}] + rows:
+        print(" ".join(f"{row[key]:<{w}}" if i == 0 else f"{row[key]:>{w}}" for i, (_, key, w) in enumerate(columns)))
     return 0
 
 
