@@ -102,8 +102,8 @@ def autocast_for(device) -> torch.autocast:
 def attention_kernel_for(device):
     """SDPA's kernel in the training step: torch's choice on GPU (flash); the math kernel on CPU, where the
     flash kernel's per-call set-up dominates the short sequences of small models (pocket: 17 image and 20 text
-    tokens; 4-12 % faster steps for five of the six methods, ``python -m benchmark.perf.levers``). FLOPs are
-    counted under the math kernel too (``benchmark.flops``)."""
+    tokens; steps up to 6 % faster, CLIP's most, none slower: ``python -m benchmark.perf.levers --attention``).
+    FLOPs are counted under the math kernel too (``benchmark.flops``)."""
     if torch.device(device).type == "cuda":
         return contextlib.nullcontext()
     return sdpa_kernel(SDPBackend.MATH)
