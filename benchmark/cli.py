@@ -304,8 +304,9 @@ def _early_workers(args) -> int:
     if args.cluster != "local" or (args.jobs is not None and args.jobs < 1):
         return 0
     from benchmark import methods_dir
+    from benchmark.local_workers import default_jobs
     from benchmark.scales import default_seeds
-    jobs = args.jobs or (1 if Path("/dev/nvidiactl").exists() else max(1, min(4, os.cpu_count() or 1)))
+    jobs = args.jobs or default_jobs(cpu_only=not Path("/dev/nvidiactl").exists())
     names = split_list(args.methods)
     n_methods = (sum(1 for p in methods_dir().glob("*/method.py")) if names == ["all"] else len(names))
     n_seeds = len(args.seeds) if args.seeds else len(default_seeds(Path(args.scale).stem))

@@ -17,7 +17,8 @@ from benchmark.processes import die_with
 
 class LocalWorker:
     """One persistent worker process; ``run(spec)`` executes a run in it and returns or raises what it did.
-    ``threads``: its torch threads (None: torch's default, every core)."""
+    ``threads``: its torch threads (None: torch's default, every core; ``AUTO``: ``threads_per_job()``, decided in
+    the worker)."""
 
     def __init__(self, threads: int | None = None):
         self._pool = None
@@ -102,10 +103,12 @@ def _cpu_only() -> bool:
     return not torch.cuda.is_available()
 
 
-def default_jobs() -> int:
+def default_jobs(cpu_only: bool | None = None) -> int:
     """Runs side by side with ``--cluster local`` when ``--jobs`` is not given: one per CPU core (at most 4, about
-    1.3 GB each at pocket) on a machine without a GPU; one with a GPU."""
-    return max(1, min(4, os.cpu_count() or 1)) if _cpu_only() else 1
+    1.3 GB each at pocket) on a machine without a GPU; one with a GPU. ``cpu_only``: known already (else asked
+    of torch)."""
+    cpu_only = _cpu_only() if cpu_only is None else cpu_only
+    return max(1, min(4, os.cpu_count() or 1)) if cpu_only else 1
 
 
 def threads_per_job() -> int | None:
