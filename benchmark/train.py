@@ -114,8 +114,9 @@ def train_step(model: torch.nn.Module, method, opt: torch.optim.Optimizer, batch
     """One optimizer step, the only one there is: the loop below, ``benchmark perf`` and any script call it.
 
     Sets ``lr``, runs the method's ``training_step`` (through ``model``: the method or its DDP wrapper) under
-    ``autocast_for(device)`` and ``attention_kernel_for(device)``, refuses a non-finite loss, backward, gradient clipping, the optimizer step and the
-    method's ``after_optimizer_step``. Returns the named losses and the gradient norm (before clipping)."""
+    ``autocast_for(device)`` and ``attention_kernel_for(device)``, refuses a non-finite loss, backward, gradient
+    clipping, the optimizer step and the method's ``after_optimizer_step``. Returns the named losses and the
+    gradient norm (before clipping)."""
     for group in opt.param_groups:
         group["lr"] = lr
     with autocast_for(device), attention_kernel_for(device):

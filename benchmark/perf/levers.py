@@ -1,6 +1,6 @@
 """Speed levers of the pocket step on this machine, side by side in one command: the model's patch size, torch
-threads against runs side by side, a compact vocabulary, a one-layer text tower and SDPA's math kernel (``--compile`` adds
-``torch.compile``).
+threads against runs side by side, a compact vocabulary, a one-layer text tower and SDPA's math kernel
+(``--compile`` adds ``torch.compile``).
 
 Every contender trains the bare pocket CLIP step (open_clip ``CLIP`` forward, ``ClipLoss``, backward,
 ``benchmark.train.make_optimizer``'s fused AdamW) on a fixed random batch of 128 in a fresh spawned process, ``steps``

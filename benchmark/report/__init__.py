@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from benchmark import methods_dir
 from benchmark.results import code_version
 from benchmark.report import collect, html, paper_tables, plots, provenance, tables
 
@@ -25,11 +26,6 @@ def _write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-def _methods_dir() -> Path:
-    from benchmark import methods_dir
-    return methods_dir()
 
 
 def write_reports(results: Path, scale: str, reports: Path, methods: Path | None = None,
@@ -52,7 +48,7 @@ def write_reports(results: Path, scale: str, reports: Path, methods: Path | None
 
     # one paper per method folder: a variant's runs (flip@mask75) are rows of its method's tables
     bases = dict.fromkeys(m.split("@", 1)[0] for m in res.methods if m not in res.external)
-    papers = [paper_tables.build_paper(res, m, Path(methods or _methods_dir())) for m in bases]
+    papers = [paper_tables.build_paper(res, m, Path(methods or methods_dir())) for m in bases]
     for rep in papers:
         _write(out / f"paper_{rep.method}.md", paper_tables.to_markdown(res, rep, lines))
         if rep.error:
