@@ -74,6 +74,10 @@ class Context:
 class Method(nn.Module):
     paper: ClassVar[str] = ""      # short citation shown by `benchmark list`
     summary: ClassVar[str] = ""    # one line: what the method changes
+    # True when the loss reads the token-embedding matrix itself (a tied masked-language head): every row then gets
+    # a gradient, so the harness keeps the embedding dense instead of training only the rows captions use
+    # (benchmark/active_rows.py).
+    dense_token_embedding: ClassVar[bool] = False
 
     def __init__(self, clip: open_clip.CLIP, cfg: dict, ctx: Context):
         super().__init__()

@@ -20,7 +20,7 @@ from pathlib import Path
 import open_clip
 import torch
 
-from benchmark import checkpoint, discovery, distributed, planning, tracking
+from benchmark import active_rows, checkpoint, discovery, distributed, planning, tracking
 from benchmark.data.train_data import load_training_data
 from benchmark.errors import DamagedFile, RunFailed, RunLocked, UserError, storage_error
 from benchmark.evaluation import suite
@@ -304,6 +304,7 @@ def _train_and_evaluate(spec: RunSpec, scale, ident: dict, progress_bar: bool,
     plan = TrainPlan(steps=steps, batch_size=batch_size, seed=spec.seed, optim=optim,
                      checkpoint_every=scale.checkpoint_every, eval_every_steps=eval_every, flops_per_step=per_step,
                      stages=method.lr_stages())
+    active_rows.for_training(method, data, device)    # after planning: FLOPs are counted on the dense model
     model = distributed.wrap(method, device)
     tracker = tracking.for_run(spec, ident, config_hash(ident)) if env.is_main else None
     with stop.armed() if stop is not None else nullcontext(), tracking.closed_on_error(tracker):

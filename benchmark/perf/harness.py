@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
-from benchmark import discovery, flops
+from benchmark import active_rows, discovery, flops
 from benchmark.data.synthetic import synthetic_pairs  # noqa: F401 - measures build data through harness
 from benchmark.data.train_data import InMemoryPairs, load_training_data
 from benchmark.model import build_clip
 from benchmark.scales import Scale
-from benchmark.train import lr_at, make_optimizer, train_step
+from benchmark.train import TrainPlan, lr_at, make_optimizer, train_step
 
 
 def cpu_model() -> str:
@@ -84,6 +84,7 @@ class HarnessStep:
         self.method, self.data, self.scale, self.device = method, data, scale, device
         self.batch_size = batch_size or scale.batch_size
         self.progress, self.steps_total, self.seed = progress, steps_total, seed
+        active_rows.for_training(method, data, device)      # as benchmark.runs does before training
         self.opt = make_optimizer(method, scale.optim)
         self.warmup = scale.optim.warmup_samples // self.batch_size
         self.step = 0
@@ -92,7 +93,7 @@ class HarnessStep:
         lr = lr_at(self.step, self.steps_total, self.warmup, self.scale.optim.lr)
         batch = self.data.batch(self.step % self.steps_total, self.batch_size, self.seed, self.device)
         train_step(self.method, self.method, self.opt, batch, self.progress, lr, self.scale.optim.grad_clip,
-                   self.device, self.step)
+                   self.device, self.step, norm_wanted=self.step % TrainPlan.log_every == 0)   # as the loop logs
         self.step += 1
 
     def batch(self) -> dict:

@@ -18,6 +18,13 @@ as the sweep builds it, one torch thread): SDPA's choice on CPU (its flash kerne
 ``train_step`` uses on CPU, interleaved step block by step block in one process, median ms per step.
 
     python -m benchmark.perf.levers --attention [--rounds 4] [--steps 6]
+
+``--used-rows`` measures ``benchmark.active_rows`` the same way but with a fresh spawned process per method, mode
+and round (the dense embedding's 12.6 MB gradient, allocated every step, shifts the allocator for whatever runs
+after it in one process): the harness step with the dense token embedding against training only the rows the
+embedded captions use, for every method the harness restricts.
+
+    python -m benchmark.perf.levers --used-rows [--rounds 3] [--steps 20]
 """
 from __future__ import annotations
 
@@ -162,6 +169,57 @@ def attention_kernels(rounds: int = 4, steps: int = 6, warmup: int = 2) -> list[
     return rows
 
 
+def _used_rows_child(name: str, used: bool, steps: int, warmup: int, out) -> None:
+    from pathlib import Path
+    from tempfile import TemporaryDirectory
+    from unittest import mock
+
+    import torch
+
+    from benchmark import active_rows
+    from benchmark.discovery import build_method
+    from benchmark.perf import harness
+    from benchmark.scales import get_scale
+    torch.set_num_threads(1)
+    scale, device = get_scale("pocket"), torch.device("cpu")
+    data = harness.training_pairs(scale)
+    with TemporaryDirectory() as scratch:
+        method = build_method(name, scale, overrides=harness.method_overrides(name, Path(scratch), scale))
+        with mock.patch.object(active_rows, "for_training", active_rows.for_training if used else lambda *a: 0):
+            step = harness.HarnessStep(method, data, scale, device)
+        times = []
+        for i in range(warmup + steps):
+            t0 = time.perf_counter()
+            step()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    out.put(statistics.median(times))
+
+
+USED_ROWS_METHODS = ("clip", "flip", "cluster_masking", "maskclip_weers")   # the rest keep a dense (or frozen) one
+
+
+def used_rows(rounds: int = 3, steps: int = 20, warmup: int = 4) -> list[dict]:
+    """Per method, the median over rounds of each process's median ms per step: dense against used rows only."""
+    ctx = mp.get_context("spawn")
+    keys = [f"{name}|{mode}" for name in USED_ROWS_METHODS for mode in ("dense", "used")]
+    samples: dict[str, list[float]] = {k: [] for k in keys}
+    for order in round_orders(keys, rounds):
+        for key in order:
+            name, mode = key.split("|")
+            q = ctx.Queue()
+            proc = ctx.Process(target=_used_rows_child, args=(name, mode == "used", steps, warmup, q))
+            proc.start()
+            samples[key].append(q.get())
+            proc.join()
+    rows = []
+    for name in USED_ROWS_METHODS:
+        dense, used = (statistics.median(samples[f"{name}|{m}"]) for m in ("dense", "used"))
+        rows.append({"method": name, "dense_ms": round(1e3 * dense, 1), "used_ms": round(1e3 * used, 1),
+                     "speedup": round(dense / used, 3)})
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmark.perf.levers", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -171,9 +229,17 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="add a torch.compile contender (about 90 s to compile)")
     p.add_argument("--attention", action="store_true",
                    help="the attention kernel on the harness's training step of every method instead")
+    p.add_argument("--used-rows", action="store_true",
+                   help="dense token embedding against training only the rows the captions use, per method")
     a = p.parse_args(argv)
     load0 = os.getloadavg()[0]
-    if a.attention:
+    if a.used_rows:
+        rows = used_rows(a.rounds, a.steps)
+        title = (f"harness training step, dense token embedding against the used rows only, {a.rounds} rounds x "
+                 f"{a.steps} steps, a fresh process each")
+        columns = [("method", "method", 18), ("dense ms", "dense_ms", 9), ("used ms", "used_ms", 9),
+                   ("x", "speedup", 7)]
+    elif a.attention:
         rows = attention_kernels(a.rounds, a.steps)
         title = f"harness training step, SDPA flash (CPU default) against math, {a.rounds} rounds x {a.steps} steps"
         columns = [("method", "method", 18), ("flash ms", "flash_ms", 9), ("math ms", "math_ms", 9),

@@ -78,6 +78,9 @@ class MaskCLIPDong(Method):
     paper = "MaskCLIP: Dong et al., CVPR 2023 (arXiv 2208.12262)"
     summary = ("CLIP + masked self-distillation: the student sees 25% of the patches and a small decoder predicts "
                "an EMA teacher's full-image features at the masked ones (+ masked text prediction).")
+    # The text branch's masked-language head (step 3 below) is tied to the token embedding and scores the whole
+    # vocabulary, so every embedding row gets a gradient: keep the embedding dense.
+    dense_token_embedding = True
 
     def __init__(self, clip, cfg, ctx):
         super().__init__(clip, cfg, ctx)
