@@ -152,3 +152,12 @@ def test_decoder_positional_embedding_is_maes_fixed_sincos(smoke_scale):
     assert "pos" in dict(dec.named_buffers()) and "pos" not in dict(dec.named_parameters())
     assert torch.allclose(dec.pos[0], torch.from_numpy(get_2d_sincos_pos_embed(width, grid, cls_token=True)).float())
     assert torch.equal(dec.pos[0, 0], torch.zeros(width))
+
+
+def test_the_learned_decoder_position_variant_trains_its_table(smoke_scale):
+    """``@learned_decoder_pos`` (this suite before the fix) gives the decoder a trained table instead."""
+    from benchmark.discovery import resolve
+    info = resolve(["maskclip_weers@learned_decoder_pos"])[0]
+    assert info.config("smoke", {})["decoder_pos_embed"] == "learned"
+    dec = build(smoke_scale, decoder_pos_embed="learned").decoder
+    assert "pos" in dict(dec.named_parameters()) and "pos" not in dict(dec.named_buffers())

@@ -90,10 +90,10 @@ class MaskCLIPWeers(Method):
         self.patch = int(ctx.scale.model["vision_cfg"]["patch_size"])
         self.n_keep = max(1, int(self.n_patches * (1.0 - c["mask_ratio"])))
         # MAE decoder (dec512d8b at ViT-B) with a pixel head: patch*patch*3 values per patch, and MAE's fixed
-        # 2-D sin-cos decoder positional embedding (models_mae.py).
+        # 2-D sin-cos decoder positional embedding (models_mae.py; `learned` is the ablation).
         self.decoder = MaskedTokenDecoder(self.visual.transformer.width, c["decoder_width"], c["decoder_layers"],
                                           c["decoder_heads"], self.n_patches, self.patch * self.patch * 3,
-                                          pos_embed="sincos")
+                                          pos_embed=c["decoder_pos_embed"])
 
     # ---- masking ---------------------------------------------------------------------------------------------
     def choose_keep(self, images: torch.Tensor, text: torch.Tensor, full_tokens: torch.Tensor | None):
