@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from clip_benchmark.metrics.zeroshot_classification import accuracy
 from sklearn.metrics import balanced_accuracy_score
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, random_split
+from torch.utils.data import random_split
 
 from benchmark.evaluation.features import Encoder
 from benchmark.evaluation.sets import EvalSet
@@ -48,35 +48,26 @@ WD_GRID = np.logspace(-6, 2, num=97).tolist()
 WD_COARSE = [i for i, v in enumerate(WD_GRID) if v in np.logspace(-6, 2, num=7).tolist()]
 
 
-class _Rows(Dataset):
-    """(features, targets) fetched a whole batch of indices at a time (the sampler yields index lists)."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, idx):
-        idx = torch.as_tensor(idx)
-        return self.x[idx], self.y[idx]
-
-
-def _shuffled(x, y) -> DataLoader:
-    """Batches in the order DataLoader(shuffle=True, batch_size=BATCH_SIZE) draws them (same RNG use)."""
-    rows = _Rows(x, y)
-    return DataLoader(rows, batch_size=None, sampler=BatchSampler(RandomSampler(rows), BATCH_SIZE, drop_last=False))
+def _epoch_batches(n: int) -> tuple[torch.Tensor, ...]:
+    """The index batches of one epoch of ``DataLoader(shuffle=True, batch_size=BATCH_SIZE)`` over ``n`` rows, drawn
+    as torch 2's loader draws them from the global generator: the iterator's base seed first (used by loader
+    workers only), then ``RandomSampler``'s seed for its own generator's ``randperm``. Without the loader's
+    per-batch machinery (a fifth of a fit); tests/test_eval_linear_probe.py holds it to clip_benchmark's loader."""
+    torch.empty((), dtype=torch.int64).random_()                         # _BaseDataLoaderIter._base_seed
+    seed = int(torch.empty((), dtype=torch.int64).random_().item())      # RandomSampler.__iter__
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).split(BATCH_SIZE)
 
 
 def _fit(x, y, n_classes: int, weight_decay: float, seed: int) -> nn.Linear:
     torch.manual_seed(seed)
     model = nn.Linear(x.shape[1], n_classes).to(x.device)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=weight_decay)
-    batches = _shuffled(x, y)
-    total = EPOCHS * len(batches)
+    per_epoch = -(-len(x) // BATCH_SIZE)
+    total = EPOCHS * per_epoch
     for epoch in range(EPOCHS):
-        for i, (xb, yb) in enumerate(batches):
-            step = i + epoch * len(batches)
+        for i, idx in enumerate(_epoch_batches(len(x))):
+            xb, yb = x[idx.to(x.device)], y[idx.to(y.device)]
+            step = i + epoch * per_epoch
             for g in opt.param_groups:                     # cosine decay, no warmup
                 g["lr"] = 0.5 * (1 + np.cos(np.pi * (step - 0.0) / (total - 0.0))) * LR
             opt.zero_grad()

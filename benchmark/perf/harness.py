@@ -88,12 +88,13 @@ class HarnessStep:
         self.opt = make_optimizer(method, scale.optim)
         self.warmup = scale.optim.warmup_samples // self.batch_size
         self.step = 0
+        self.norm_every = TrainPlan.log_every     # the loop computes the gradient norm for logged steps only
 
     def __call__(self) -> None:
         lr = lr_at(self.step, self.steps_total, self.warmup, self.scale.optim.lr)
         batch = self.data.batch(self.step % self.steps_total, self.batch_size, self.seed, self.device)
         train_step(self.method, self.method, self.opt, batch, self.progress, lr, self.scale.optim.grad_clip,
-                   self.device, self.step, norm_wanted=self.step % TrainPlan.log_every == 0)   # as the loop logs
+                   self.device, self.step, norm_wanted=self.step % self.norm_every == 0)
         self.step += 1
 
     def batch(self) -> dict:

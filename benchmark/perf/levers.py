@@ -19,10 +19,11 @@ as the sweep builds it, one torch thread): SDPA's choice on CPU (its flash kerne
 
     python -m benchmark.perf.levers --attention [--rounds 4] [--steps 6]
 
-``--used-rows`` measures ``benchmark.active_rows`` the same way but with a fresh spawned process per method, mode
-and round (the dense embedding's 12.6 MB gradient, allocated every step, shifts the allocator for whatever runs
-after it in one process): the harness step with the dense token embedding against training only the rows the
-embedded captions use, for every method the harness restricts.
+``--used-rows`` measures this wave's two step levers on the harness step with a fresh spawned process per method,
+mode and round (the dense embedding's 12.6 MB gradient, allocated every step, shifts the allocator for whatever
+runs after it in one process): ``before`` (dense token embedding, the gradient norm at every step), ``norm``
+(the norm only at logged steps, as the loop now does) and ``landed`` (also only the token rows the embedded
+captions use, ``benchmark.active_rows``), for every method the harness restricts.
 
     python -m benchmark.perf.levers --used-rows [--rounds 3] [--steps 20]
 """
@@ -169,7 +170,7 @@ def attention_kernels(rounds: int = 4, steps: int = 6, warmup: int = 2) -> list[
     return rows
 
 
-def _used_rows_child(name: str, used: bool, steps: int, warmup: int, out) -> None:
+def _used_rows_child(name: str, mode: str, steps: int, warmup: int, out) -> None:
     from pathlib import Path
     from tempfile import TemporaryDirectory
     from unittest import mock
@@ -185,8 +186,11 @@ def _used_rows_child(name: str, used: bool, steps: int, warmup: int, out) -> Non
     data = harness.training_pairs(scale)
     with TemporaryDirectory() as scratch:
         method = build_method(name, scale, overrides=harness.method_overrides(name, Path(scratch), scale))
-        with mock.patch.object(active_rows, "for_training", active_rows.for_training if used else lambda *a: 0):
+        restrict = active_rows.for_training if mode == "landed" else (lambda *a: 0)
+        with mock.patch.object(active_rows, "for_training", restrict):
             step = harness.HarnessStep(method, data, scale, device)
+        if mode == "before":
+            step.norm_every = 1
         times = []
         for i in range(warmup + steps):
             t0 = time.perf_counter()
@@ -199,24 +203,27 @@ def _used_rows_child(name: str, used: bool, steps: int, warmup: int, out) -> Non
 USED_ROWS_METHODS = ("clip", "flip", "cluster_masking", "maskclip_weers")   # the rest keep a dense (or frozen) one
 
 
+USED_ROWS_MODES = ("before", "norm", "landed")
+
+
 def used_rows(rounds: int = 3, steps: int = 20, warmup: int = 4) -> list[dict]:
-    """Per method, the median over rounds of each process's median ms per step: dense against used rows only."""
+    """Per method, the median over rounds of each process's median ms per step in each mode."""
     ctx = mp.get_context("spawn")
-    keys = [f"{name}|{mode}" for name in USED_ROWS_METHODS for mode in ("dense", "used")]
+    keys = [f"{name}|{mode}" for name in USED_ROWS_METHODS for mode in USED_ROWS_MODES]
     samples: dict[str, list[float]] = {k: [] for k in keys}
     for order in round_orders(keys, rounds):
         for key in order:
             name, mode = key.split("|")
             q = ctx.Queue()
-            proc = ctx.Process(target=_used_rows_child, args=(name, mode == "used", steps, warmup, q))
+            proc = ctx.Process(target=_used_rows_child, args=(name, mode, steps, warmup, q))
             proc.start()
             samples[key].append(q.get())
             proc.join()
     rows = []
     for name in USED_ROWS_METHODS:
-        dense, used = (statistics.median(samples[f"{name}|{m}"]) for m in ("dense", "used"))
-        rows.append({"method": name, "dense_ms": round(1e3 * dense, 1), "used_ms": round(1e3 * used, 1),
-                     "speedup": round(dense / used, 3)})
+        ms = {m: statistics.median(samples[f"{name}|{m}"]) for m in USED_ROWS_MODES}
+        rows.append({"method": name, **{f"{m}_ms": round(1e3 * t, 1) for m, t in ms.items()},
+                     "speedup": round(ms["before"] / ms["landed"], 3)})
     return rows
 
 
@@ -230,15 +237,15 @@ def main(argv=None) -> int:
     p.add_argument("--attention", action="store_true",
                    help="the attention kernel on the harness's training step of every method instead")
     p.add_argument("--used-rows", action="store_true",
-                   help="dense token embedding against training only the rows the captions use, per method")
+                   help="the gradient-norm and used-token-rows levers on the harness step, per method")
     a = p.parse_args(argv)
     load0 = os.getloadavg()[0]
     if a.used_rows:
         rows = used_rows(a.rounds, a.steps)
-        title = (f"harness training step, dense token embedding against the used rows only, {a.rounds} rounds x "
-                 f"{a.steps} steps, a fresh process each")
-        columns = [("method", "method", 18), ("dense ms", "dense_ms", 9), ("used ms", "used_ms", 9),
-                   ("x", "speedup", 7)]
+        title = (f"harness training step: before, the gradient norm at logged steps only, and also only the used "
+                 f"token rows; {a.rounds} rounds x {a.steps} steps, a fresh process each")
+        columns = [("method", "method", 18), ("before ms", "before_ms", 10), ("norm ms", "norm_ms", 9),
+                   ("landed ms", "landed_ms", 10), ("x", "speedup", 7)]
     elif a.attention:
         rows = attention_kernels(a.rounds, a.steps)
         title = f"harness training step, SDPA flash (CPU default) against math, {a.rounds} rounds x {a.steps} steps"
