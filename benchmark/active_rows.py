@@ -108,7 +108,7 @@ def follow(module: nn.Module, opt: torch.optim.Optimizer) -> None:
         raise TypeError("ActiveRowsEmbedding reproduces AdamW's step on unused rows; this optimizer is "
                         f"{type(opt).__name__}")
 
-    def group_of(p):
+    def group_of(p):   # looked up at each step: Optimizer.load_state_dict (a resume) replaces the group dicts
         return next(g for g in opt.param_groups if any(q is p for q in g["params"]))
 
     def after_step(optimizer, args, kwargs):
