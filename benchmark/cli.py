@@ -206,7 +206,10 @@ def cmd_list(args) -> int:
             for v in info.variants.values():           # run one with --methods NAME@VARIANT
                 sets = ", ".join(f"{k}={val}" for k, val in v.overrides.items())
                 batch = f"batch x{v.batch_multiplier}" if v.batch_multiplier != 1 else ""
-                print(f"{'':<{width}}    @{v.name}: {v.summary} ({'; '.join(x for x in (sets, batch) if x)})")
+                wide = f"image tower x{v.vision_width_multiplier} wide" if v.vision_width_multiplier != 1 else ""
+                match = f"--match {v.match}" if v.match else ""
+                print(f"{'':<{width}}    @{v.name}: {v.summary} "
+                      f"({'; '.join(x for x in (sets, batch, wide, match) if x)})")
         else:
             print(f"{name:<{width}}  BROKEN: {info.error}")
     return 0

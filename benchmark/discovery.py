@@ -4,8 +4,9 @@ A broken folder (import error, no subclass, bad config.yaml) is reported by name
 
 A folder's ``config.yaml`` may declare named **variants** (the paper's ablations): ``flip@mask75`` is the method
 ``flip`` with the overrides of its variant ``mask75`` and, where the paper's mechanism needs it, a batch
-multiplier that the harness applies (and matches in FLOPs like any other cost). A variant is a run of its own,
-with its own results folder and row; ``--methods all`` runs each method's default only.
+multiplier that the harness applies (and matches in FLOPs like any other cost), a wider image tower (a teacher
+for UTA: ``clip@wide``), or a budget in samples instead of matched FLOPs. A variant is a run of its own, with its
+own results folder and row; ``--methods all`` runs each method's default only.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from benchmark.method import Context, Method
 from benchmark.model import build_clip
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")  # method names reach paths and sbatch job names ($ takes "x\n")
-VARIANT_KEYS = ("summary", "set", "batch_multiplier")
+VARIANT_KEYS = ("summary", "set", "batch_multiplier", "vision_width_multiplier", "match")
+VARIANT_MATCHES = ("samples",)     # a variant's own budget, instead of the command's --match
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class Variant:
     summary: str = ""
     overrides: dict = field(default_factory=dict)
     batch_multiplier: int = 1      # the run's global batch = the scale's x this (learning rate scaled linearly)
+    vision_width_multiplier: int = 1   # the image tower's width = the scale's x this (heads follow head_width)
+    match: str = ""                # "samples": trained on the scale's samples whatever --match ("": the command's)
 
 
 @dataclass
@@ -65,6 +69,19 @@ class MethodInfo:
     @property
     def batch_multiplier(self) -> int:
         return self.variant.batch_multiplier if self.variant else 1
+
+    def model_scale(self, scale):
+        """``scale`` with this run's architecture: the scale's model, its image tower widened by a variant's
+        ``vision_width_multiplier`` (the text tower and the embedding width stay the scale's)."""
+        mult = self.variant.vision_width_multiplier if self.variant else 1
+        if mult == 1:
+            return scale
+        vision = {**scale.model["vision_cfg"], "width": scale.model["vision_cfg"]["width"] * mult}
+        return dataclasses.replace(scale, model={**scale.model, "vision_cfg": vision})
+
+    def match_for(self, match: str) -> str:
+        """The budget this run is planned with: the variant's own, else the command's ``--match``."""
+        return (self.variant.match if self.variant else "") or match
 
     def with_variant(self, name: str) -> "MethodInfo":
         if name not in self.variants:
@@ -201,7 +218,7 @@ def _load_config(folder: Path) -> tuple[dict, dict, dict, dict[str, "Variant"]]:
 
 def _load_variants(path: Path, raw, defaults: dict) -> dict[str, Variant]:
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: 'variants' must map variant names to {{summary, set, batch_multiplier}}")
+        raise ValueError(f"{path}: 'variants' must map variant names to {{{', '.join(VARIANT_KEYS)}}}")
     out = {}
     for name, v in raw.items():
         where = f"{path}: variants.{name}"
@@ -213,11 +230,17 @@ def _load_variants(path: Path, raw, defaults: dict) -> dict[str, Variant]:
         if not isinstance(overrides, dict) or set(overrides) - set(defaults):
             raise ValueError(f"{where}.set must map keys of 'defaults' to values; unknown: "
                              f"{sorted(set(overrides) - set(defaults)) if isinstance(overrides, dict) else overrides}")
-        if isinstance(mult, bool) or not isinstance(mult, int) or mult < 1:
-            raise ValueError(f"{where}.batch_multiplier must be a positive integer, got {mult!r}")
-        if not overrides and mult == 1:
-            raise ValueError(f"{where} changes nothing: give it 'set' overrides or a batch_multiplier")
-        out[name] = Variant(name, str(v.get("summary") or ""), dict(overrides), mult)
+        width, match = v.get("vision_width_multiplier", 1), v.get("match", "")
+        for key, value in (("batch_multiplier", mult), ("vision_width_multiplier", width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{where}.{key} must be a positive integer, got {value!r}")
+        if match and match not in VARIANT_MATCHES:
+            raise ValueError(f"{where}.match must be one of {', '.join(VARIANT_MATCHES)} (or absent: the "
+                             f"command's --match), got {match!r}")
+        if not overrides and mult == 1 and width == 1 and not match:
+            raise ValueError(f"{where} changes nothing: give it 'set' overrides, a batch_multiplier, a "
+                             "vision_width_multiplier or a match")
+        out[name] = Variant(name, str(v.get("summary") or ""), dict(overrides), mult, width, match)
     return out
 
 
@@ -328,8 +351,17 @@ def build_method(method: str | MethodInfo, scale, *, seed: int = 0, device="cpu"
     info = method if isinstance(method, MethodInfo) else resolve([method], root)[0]
     if cfg is None:
         cfg = info.config(config_scale or scale.name, overrides)
-    ctx = Context(scale=scale, device=torch.device(device), seed=seed, rank=rank, world_size=world_size,
+    ctx = context(info, cfg, scale, device=torch.device(device), seed=seed, rank=rank, world_size=world_size,
                   results_root=Path(results_root) if results_root is not None else None)
-    built = info.cls(build_clip(scale, seed), cfg, ctx).to(device).train()
+    built = info.cls(build_clip(ctx.scale, seed), cfg, ctx).to(device).train()
     torch.manual_seed(seed)
     return built
+
+
+def context(info: MethodInfo, cfg: dict, scale, **fields) -> Context:
+    """The ``Context`` of a run of ``info`` at ``scale`` (the scale as given, before any variant widens it): its
+    scale carries the run's own architecture, and ``required_models`` the architecture of every run it
+    ``requires`` (a teacher run may be a wider variant, e.g. ``clip@wide``)."""
+    required = {name: resolve([name], info.folder.parent)[0].model_scale(scale).model
+                for name in info.cls.requires(cfg)}
+    return Context(scale=info.model_scale(scale), required_models=required, **fields)

@@ -53,6 +53,7 @@ class Context:
     results_root: Path | None = None   # where finished runs of this benchmark live (teachers)
     planning: bool = False             # a shape-only copy for compute planning (benchmark/planning.py): a
                                        # teacher not trained yet may be stood in for by its architecture
+    required_models: dict = field(default_factory=dict)   # open_clip.CLIP kwargs of each run it ``requires``
 
     def finished_run(self, method: str, instead: str = "") -> RunFolder:
         """The finished run of ``method`` at this scale and seed: one that this method ``requires``, so that

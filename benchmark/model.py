@@ -20,10 +20,11 @@ def build_clip(scale, seed: int) -> open_clip.CLIP:
     return open_clip.CLIP(**scale.model)
 
 
-def load_clip(path: str | Path, scale, device="cpu", what: str = "model") -> open_clip.CLIP:
+def load_clip(path: str | Path, scale, device="cpu", what: str = "model", model: dict | None = None) -> open_clip.CLIP:
     """A state dict at ``path`` (a benchmark ``model.pt``, or an open_clip training checkpoint: ``state_dict`` with
-    ``module.`` prefixes) loaded strictly into a fresh CLIP of ``scale``'s architecture, in eval mode on ``device``.
-    A file of another architecture is a UserError naming ``what`` it is and the file."""
+    ``module.`` prefixes) loaded strictly into a fresh CLIP of ``scale``'s architecture (or of ``model``, the
+    open_clip.CLIP kwargs of a run with its own, e.g. ``clip@wide``), in eval mode on ``device``. A file of another
+    architecture is a UserError naming ``what`` it is and the file."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{what} {path} does not exist; give the path of an open_clip checkpoint of the "
@@ -31,11 +32,12 @@ def load_clip(path: str | Path, scale, device="cpu", what: str = "model") -> ope
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    model = open_clip.CLIP(**scale.model)
+    arch = "the scale's architecture" if model is None else f"the architecture of its run ({model})"
+    clip = open_clip.CLIP(**(scale.model if model is None else model))
     try:
-        model.load_state_dict(state, strict=True)
+        clip.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
-        raise UserError(f"{what} {path} does not fit the {scale.name} model ({first}); it must have the scale's "
-                        "architecture") from None
-    return model.to(device).eval()
+        raise UserError(f"{what} {path} does not fit the {scale.name} model ({first}); it must have {arch}") \
+            from None
+    return clip.to(device).eval()

@@ -25,8 +25,7 @@ import torch
 from open_clip.loss import ClipLoss
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmark import flops
-from benchmark.method import Context
+from benchmark import discovery, flops
 from benchmark.shape_only import NeedsRealValues, ShapeOnly, building, is_meta, to_shape_only
 
 
@@ -60,12 +59,13 @@ class RankClipLoss(ClipLoss):
 # ---- shape-only models --------------------------------------------------------------------------------------------
 def build_shape_only(info, cfg: dict, scale, seed: int, device, results_root: Path | None = None,
                      world_size: int = 1):
-    """The method as rank 0 of ``world_size`` builds it, shape-only (``benchmark.shape_only``)."""
-    ctx = Context(scale=scale, device=torch.device(device), seed=seed, rank=0, world_size=world_size,
-                  results_root=results_root, planning=True)
+    """The method as rank 0 of ``world_size`` builds it, shape-only (``benchmark.shape_only``), with the run's
+    architecture (a variant may widen the scale's image tower: ``discovery.context``)."""
+    ctx = discovery.context(info, cfg, scale, device=torch.device(device), seed=seed, rank=0,
+                            world_size=world_size, results_root=results_root, planning=True)
     with building(), torch.device(device):
         torch.manual_seed(seed)
-        method = info.cls(open_clip.CLIP(**scale.model), cfg, ctx)
+        method = info.cls(open_clip.CLIP(**ctx.scale.model), cfg, ctx)
     method.clip_loss = RankClipLoss(0, world_size)
     return to_shape_only(method).train()
 
@@ -170,7 +170,8 @@ def plan_run(info, cfg: dict, scale, seed: int, data, device, world_size: int = 
     """The plan of one run of ``info`` at ``scale``. The torch RNG is left as it was found. ``real_method`` (the
     method being trained, on its device): counted for real on the per-rank batch if the shape-only step needs
     real values. ``reference``/``batch``: reuse what the caller computed already."""
-    global_batch = scale.batch_size * getattr(info, "batch_multiplier", 1)    # a variant's larger batch
+    global_batch = scale.batch_size * info.batch_multiplier    # a variant's larger batch
+    match = info.match_for(match)                              # a variant's own budget (clip@wide: samples)
     if global_batch % world_size:
         raise ValueError(f"global batch {global_batch} not divisible by world size {world_size}")
     entry_rng = flops._rng_state(device)     # the state training starts from: every count starts from it

@@ -72,7 +72,7 @@ def identity(spec: RunSpec) -> dict:
     """Everything that determines a run's numbers; its hash guards the run folder against mixing."""
     scale = spec_scale(spec)
     info = _info(spec)
-    ident = {"method": spec.method, "seed": spec.seed, "scale": scale.to_dict(), "match": spec.match,
+    ident = {"method": spec.method, "seed": spec.seed, "scale": scale.to_dict(), "match": info.match_for(spec.match),
              "method_config": info.config(scale.method_config_scale,
                                           discovery.overrides_for(spec.method, spec.overrides)),
              "data": spec.data, "dataset_root": spec.dataset_root}
@@ -80,6 +80,8 @@ def identity(spec: RunSpec) -> dict:
         ident["scale_set"] = list(spec.scale_source["set"])       # --set scale.KEY=VALUE, as given
     if info.batch_multiplier != 1:                 # a variant's larger batch (FLIP Table 1a)
         ident["batch_multiplier"] = info.batch_multiplier
+    if info.model_scale(scale) is not scale:       # a variant's wider image tower (clip@wide, a teacher for UTA)
+        ident["model"] = info.model_scale(scale).model
     return ident
 
 
@@ -290,7 +292,7 @@ def _train_and_evaluate(spec: RunSpec, scale, ident: dict, progress_bar: bool,
     # rank 0's RNG state, so every rank and every world size plan the same steps.
     torch.manual_seed(spec.seed)
     run_plan = planning.plan_run(info, ident["method_config"], scale, spec.seed, data, device, env.world_size,
-                                 spec.match, Path(spec.results), real_method=method)
+                                 ident["match"], Path(spec.results), real_method=method)
     # masks: a function of the seed alone (and of the rank: each rank draws its own)
     torch.manual_seed(spec.seed if env.rank == 0 else spec.seed + 1_000_003 * env.rank)
     steps, phases, reference = run_plan.steps, [tuple(p) for p in run_plan.phases], run_plan.reference_flops
@@ -319,7 +321,7 @@ def _train_and_evaluate(spec: RunSpec, scale, ident: dict, progress_bar: bool,
                "train_flops": per_step * steps,
                "flops_per_step": per_step, "phase_flops_per_step": [list(p) for p in phases],
                "reference_clip_flops_per_step": reference, "reference_steps": scale.samples // scale.batch_size,
-               "budget_flops": reference * (scale.samples // scale.batch_size), "match": spec.match,
+               "budget_flops": reference * (scale.samples // scale.batch_size), "match": ident["match"],
                "wall_time_s": round(state.wall_time_s, 3),
                "images_per_s": round(steps * batch_size / max(state.wall_time_s, 1e-9), 2)}
     compute.update(method.extra_compute())
@@ -342,8 +344,10 @@ def machine(device) -> dict:
 
 
 def load_exported(spec: RunSpec, scale, device) -> open_clip.CLIP:
-    """The run's exported model (what every evaluation uses): ``model.load_clip`` of its ``model.pt``."""
-    return load_clip(spec.folder.model, scale, device, what=f"the exported model of {spec.label()}")
+    """The run's exported model (what every evaluation uses): ``model.load_clip`` of its ``model.pt``, into the
+    run's architecture (a variant may widen the scale's image tower)."""
+    return load_clip(spec.folder.model, _info(spec).model_scale(scale), device,
+                     what=f"the exported model of {spec.label()}")
 
 
 def evaluate_run(spec: RunSpec, scale, ident: dict, compute: dict, device) -> dict:

@@ -132,6 +132,23 @@ def test_total_compute_counts_a_required_run_and_the_method_is_marked(tmp_path):
     assert "unknown" in next(ln for ln in md.splitlines() if ln.startswith("| ext"))
 
 
+def test_a_row_trained_on_its_own_budget_is_shown_and_never_ranked(tmp_path):
+    results = tmp_path / "results"
+    for seed, (wide, flip, clip) in enumerate([(0.70, 0.50, 0.40), (0.72, 0.55, 0.44), (0.71, 0.52, 0.43)]):
+        _run(results, "clip@wide", seed, _items(wide), identity={"match": "samples"},
+             compute={"match": "samples", "train_flops": 2.3e10})
+        _run(results, "flip", seed, _items(flip))
+        _run(results, "clip", seed, _items(clip))
+    res, frame = _summary(results)
+    assert tables.own_budget(res) == ["clip@wide"] and tables.match_mode(res) == "training FLOPs (`--match flops`)"
+    # clip@wide has the best mean by far, but it spent more than the budget: flip, best among the matched, is marked
+    assert frame.loc["clip@wide", f"{ZS} mean"] > frame.loc["flip", f"{ZS} mean"]
+    assert tables.best_methods(frame, ZS) == {"flip"} and "flip − clip" in frame.attrs["winners"][ZS][1]
+    md = (write_reports(results, "smoke", tmp_path / "reports") / "summary.md").read_text()
+    assert "`clip@wide` trained on a budget of its own" in md and "it is not ranked" in md
+    assert md.startswith("# Summary at scale `smoke`, compute matched on training FLOPs (`--match flops`)\n")
+
+
 # ---- no mixing --------------------------------------------------------------------------------------------
 
 def test_the_report_refuses_to_pool_two_configurations_of_one_method(tmp_path):

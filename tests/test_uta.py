@@ -207,3 +207,68 @@ def test_compute_budget_is_a_plain_clip_step_although_uta_freezes_the_text_tower
     full = flops.count_step_flops(method, batch, 0.0)
     method.teacher_targets = lambda images: targets
     assert full - flops.count_step_flops(method, batch, 0.0) == teacher_forward > 0
+
+
+WIDE = discover()["clip"].with_variant("wide")
+WIDE_TEACHER = INFO.with_variant("wide_teacher")
+
+
+def _wide_teacher_run(root, scale, seed, model=None):
+    """A finished clip@wide run folder: a model of twice the image width (or ``model``), with its compute."""
+    run = root / scale.name / "clip@wide" / f"seed{seed}"
+    run.mkdir(parents=True)
+    torch.manual_seed(11)
+    teacher = open_clip.CLIP(**(model or WIDE.model_scale(scale).model))
+    torch.save(teacher.state_dict(), run / "model.pt")
+    (run / "metrics.json").write_text(json.dumps({"config_hash": "wide1", "compute": {"train_flops": 99,
+                                                                                       "samples_seen": 384}}))
+    return teacher.eval()
+
+
+def test_a_wider_teacher_run_is_loaded_in_its_own_architecture_and_the_export_keeps_the_scales(scale, batch,
+                                                                                                  tmp_path):
+    assert WIDE_TEACHER.cls.requires(WIDE_TEACHER.config("smoke")) == ["clip@wide"]
+    teacher = _wide_teacher_run(tmp_path, scale, 1)
+    method = build_method(WIDE_TEACHER, scale, seed=1, results_root=tmp_path)
+    width = scale.model["vision_cfg"]["width"]
+    assert method.teacher.conv1.weight.shape[0] == 2 * width and method.visual.conv1.weight.shape[0] == width
+    assert torch.equal(method.teacher.conv1.weight, teacher.visual.conv1.weight)
+    assert torch.equal(method.clip.token_embedding.weight, teacher.token_embedding.weight)   # its text tower
+    cls_target, patches = method.teacher_targets(batch["images"])
+    assert torch.allclose(cls_target, teacher.encode_image(batch["images"]), atol=1e-5)
+    assert torch.isfinite(method(batch, 0.0)["loss"])
+    # the exported model (student image tower + the teacher's text tower) has the scale's architecture
+    open_clip.CLIP(**scale.model).load_state_dict(method.export(), strict=True)
+    assert method.extra_compute()["teacher_pretraining_flops"] == 99
+    assert method.extra_compute()["teacher_run"] == str(tmp_path / "smoke" / "clip@wide" / "seed1")
+
+
+def test_a_wider_teacher_is_refused_where_it_cannot_fit(scale, tmp_path):
+    _wide_teacher_run(tmp_path, scale, 0)
+    with pytest.raises(UserError, match="target=features .* is 64 wide and the student 32"):
+        build_method(WIDE_TEACHER, scale, seed=0, results_root=tmp_path, overrides={"target": "features"})
+    # a clip@wide folder holding a model of another architecture is named, with what it must be
+    _wide_teacher_run(tmp_path, scale, 3, model=scale.model)
+    with pytest.raises(UserError, match=r"teacher run .*clip@wide/seed3/model.pt does not fit .* architecture of its run"):
+        build_method(WIDE_TEACHER, scale, seed=3, results_root=tmp_path)
+    # a teacher checkpoint with another text tower cannot pair with the student
+    other = {**scale.model, "text_cfg": {**scale.model["text_cfg"], "width": 64, "heads": 2}}
+    path = tmp_path / "other_text.pt"
+    torch.save(open_clip.CLIP(**other).state_dict(), path)
+    with pytest.raises(UserError, match="does not fit the smoke model"):
+        build_method(INFO, scale, overrides={"teacher_checkpoint": str(path)})
+
+
+def test_planning_counts_the_wider_teachers_pass(scale, batch):
+    from benchmark import planning
+    data = load_training_data(scale)
+    plain = planning.plan_run(INFO, INFO.config("smoke"), scale, 0, data, "cpu")
+    wide = planning.plan_run(WIDE_TEACHER, WIDE_TEACHER.config("smoke"), scale, 0, data, "cpu")
+    teacher = planning.plan_run(WIDE, WIDE.config("smoke"), scale, 0, data, "cpu")
+    clip = planning.plan_run(discover()["clip"], {}, scale, 0, data, "cpu")
+    assert wide.reference_flops == plain.reference_flops == clip.reference_flops     # the budget is the scale's
+    assert wide.flops_per_step > plain.flops_per_step and wide.steps < plain.steps  # the wide forward is paid
+    assert wide.train_flops <= wide.reference_flops * (scale.samples // scale.batch_size)
+    # clip@wide trains on the scale's samples (its own budget), at more FLOPs per step than CLIP
+    assert teacher.match == "samples" and teacher.steps == scale.samples // scale.batch_size
+    assert teacher.flops_per_step > 1.5 * clip.flops_per_step

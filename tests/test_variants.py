@@ -45,6 +45,8 @@ def test_variant_config_layers_defaults_scale_variant_and_set(tmp_path):
     ("{x: {batch_multiplier: 1.5}}", "positive integer"),
     ("{x: {summary: nothing}}", "changes nothing"),
     ("{x: {sets: {mask_ratio: 0.7}}}", "only the keys"),
+    ("{x: {vision_width_multiplier: 0}}", "vision_width_multiplier must be a positive integer"),
+    ("{x: {match: flopz}}", "match must be one of samples"),
     ("{Bad-Name: {set: {mask_ratio: 0.7}}}", "variant name"),
 ])
 def test_bad_variants_break_the_folder_by_name(tmp_path, variants, needle):
@@ -53,10 +55,29 @@ def test_bad_variants_break_the_folder_by_name(tmp_path, variants, needle):
     assert not info.ok and needle in info.error and "variants" in info.error
 
 
+def test_a_wider_image_tower_and_an_own_budget(tmp_path, smoke_scale):
+    _folder(tmp_path, "good", """
+        defaults: {mask_ratio: 0.5}
+        variants:
+          wide: {vision_width_multiplier: 2, match: samples}
+    """)
+    base, wide = resolve("good,good@wide", tmp_path)
+    assert base.model_scale(smoke_scale) is smoke_scale and base.match_for("flops") == "flops"
+    model = wide.model_scale(smoke_scale).model
+    assert model["vision_cfg"]["width"] == 2 * smoke_scale.model["vision_cfg"]["width"]
+    # only the image tower widens: the text tower and the joint embedding stay the scale's (a teacher's text tower
+    # pairs with a student of the scale's model)
+    assert {k: v for k, v in model["vision_cfg"].items() if k != "width"} == \
+        {k: v for k, v in smoke_scale.model["vision_cfg"].items() if k != "width"}
+    assert model["text_cfg"] == smoke_scale.model["text_cfg"] and model["embed_dim"] == smoke_scale.model["embed_dim"]
+    assert wide.match_for("flops") == "samples" and wide.config("smoke") == base.config("smoke")
+
+
 @pytest.mark.slow
 def test_list_shows_variants():
     out = run_cli("list", check=True).stdout
     assert "@mask75" in out and "@batch2x" in out and "batch x2" in out and "mask_ratio=0.75" in out
+    assert "@wide" in out and "image tower x2 wide; --match samples" in out and "teacher_run=clip@wide" in out
 
 
 @pytest.mark.slow
@@ -99,3 +120,26 @@ def test_bad_variant_name_exits_2_writing_nothing(tmp_path):
                    "--set", "flip@mask75.nokey=1")
     assert proc.returncode == 2 and "unknown key" in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_uta_with_the_wide_teacher_trains_it_first_and_charges_it(tmp_path):
+    proc = run_cli("run", "--methods", "uta@wide_teacher", "--scale", "smoke", "--cluster", "debug",
+                   "--results", tmp_path, "--no-report", timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    from benchmark.scales import get_scale
+    smoke = get_scale("smoke")
+    wide = read_json(tmp_path / "smoke/clip@wide/seed0/metrics.json")["compute"]
+    uta = read_json(tmp_path / "smoke/uta@wide_teacher/seed0/metrics.json")["compute"]
+    ident = read_json(tmp_path / "smoke/clip@wide/seed0/config.json")["identity"]
+    assert ident["match"] == "samples" and ident["model"]["vision_cfg"]["width"] == 2 * smoke.model["vision_cfg"]["width"]
+    # the teacher trains on the scale's samples, whatever its FLOPs; UTA stays FLOP-matched and is charged for it
+    assert wide["match"] == "samples" and wide["steps"] == smoke.samples // smoke.batch_size
+    assert wide["train_flops"] > wide["budget_flops"]
+    assert uta["match"] == "flops" and uta["train_flops"] <= uta["budget_flops"]
+    assert uta["teacher_pretraining_flops"] == wide["train_flops"]
+    assert uta["teacher_run"] == str(tmp_path / "smoke/clip@wide/seed0")
+    # both exported models evaluate: the teacher in its own architecture, UTA's in the scale's
+    for run in ("clip@wide", "uta@wide_teacher"):
+        evals = read_json(tmp_path / f"smoke/{run}/seed0/metrics.json")["evals"]
+        assert "zeroshot_classification" in evals and "error" not in evals["zeroshot_classification"], run

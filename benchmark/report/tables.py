@@ -112,8 +112,9 @@ def summary_frame(res: Results) -> pd.DataFrame:
     data, winners = {}, {}
     per_task = {task: {m: _per_seed(scores, m, task, 100 if info.percent else 1) for m in res.methods}
                 for task, info in infos.items()}
+    unranked = own_budget(res)            # trained on another budget: a lead there is not a lead at matched compute
     for task in infos:
-        winners[task] = winner(per_task[task])
+        winners[task] = winner({m: v for m, v in per_task[task].items() if m not in unranked})
     for method in res.methods:
         row: dict = {}
         m_issues = res.issues[res.issues["method"] == method]
@@ -268,11 +269,26 @@ def delta_frame(frame: pd.DataFrame, escape=lambda s: s) -> pd.DataFrame:
     return pd.DataFrame.from_dict(out, orient="index")
 
 
+MATCH_NAMES = {"flops": "training FLOPs (`--match flops`)", "samples": "samples seen (`--match samples`)"}
+
+
+def primary_match(res: Results) -> str | None:
+    """The budget most runs were planned with (a variant may bring its own: ``clip@wide`` trains on samples)."""
+    counts = res.runs["match"].dropna().value_counts()
+    return sorted(counts.index, key=lambda m: (-counts[m], m != "flops", m))[0] if len(counts) else None
+
+
+def own_budget(res: Results) -> list[str]:
+    """Methods whose runs were planned with another budget than ``primary_match``: shown, never ranked."""
+    primary = primary_match(res)
+    return sorted(m for m, g in res.runs.groupby("method")
+                  if primary is not None and set(g["match"].dropna()) - {primary})
+
+
 def match_mode(res: Results) -> str:
-    """The matching mode(s) of the runs, as a table title names them."""
-    modes = sorted(set(res.runs["match"].dropna()))
-    names = {"flops": "training FLOPs (`--match flops`)", "samples": "samples seen (`--match samples`)"}
-    return " / ".join(names.get(m, f"`{m}`") for m in modes) or "unknown matching"
+    """The matching mode of the runs, as a table title names it (rows on their own budget: ``own_budget``)."""
+    primary = primary_match(res)
+    return MATCH_NAMES.get(primary, f"`{primary}`") if primary else "unknown matching"
 
 
 def title(res: Results) -> str:
@@ -293,6 +309,11 @@ def warnings(res: Results, frame: pd.DataFrame) -> list[str]:
         what = "; ".join(sorted({str(body.loc[m, "builds_on"]) for m in extra}))
         out.append(f"{', '.join(f'`{m}`' for m in extra)} build(s) on another run ({what}): its own training is "
                    "matched, its total compute (`total FLOPs`) is larger.")
+    unranked = [m for m in own_budget(res) if m in body.index]
+    if unranked:
+        out.append(f"{', '.join(f'`{m}`' for m in unranked)} trained on a budget of its own (a variant's `match`, "
+                   f"e.g. a teacher trained on the scale's samples), not on the {match_mode(res)} of the other "
+                   "rows: its `train FLOPs` say what it spent, and it is not ranked.")
     return out
 
 

@@ -9,9 +9,10 @@ teacher's text tower. No training code was released, so the loss (1 - cosine), t
 table). Optional stage 2: contrastive fine-tuning of the student against the frozen text tower.
 
 The teacher is a finished run of this benchmark (``teacher_run``, by default the ``clip`` run of the same scale
-and seed, declared through ``requires`` so the harness trains it first) or an open_clip checkpoint file
+and seed, declared through ``requires`` so the harness trains it first; ``uta@wide_teacher``: ``clip@wide``, whose
+image tower is twice as wide, the paper's premise of a stronger teacher) or an open_clip checkpoint file
 (``teacher_checkpoint``). Its forward pass is part of every step, so matched compute counts it; its own
-pretraining compute is reported beside UTA's (``extra_compute``).
+pretraining compute is reported beside UTA's (``extra_compute``) and charged in the report's total.
 """
 from __future__ import annotations
 
@@ -49,24 +50,38 @@ class UTA(Method):
             raise UserError(f"uta.contrastive_finetune_fraction={self.cfg['contrastive_finetune_fraction']} is "
                             "outside [0, 1): the fraction of the steps spent in stage-2 contrastive fine-tuning")
         self.teacher_run = self.teacher_metrics = self.teacher_checkpoint = None
+        # The teacher's architecture: the teacher run's own (a wider variant, e.g. clip@wide) or the scale's.
+        teacher_model = None if self.cfg["teacher_checkpoint"] else ctx.required_models.get(self.cfg["teacher_run"])
         if ctx.planning:
             # Compute planning: the frozen teacher's pass costs the same whatever its weights, so an untrained model
-            # of the scale's architecture stands in for it (the teacher run may not exist yet).
-            teacher = open_clip.CLIP(**ctx.scale.model)
+            # of its architecture stands in for it (the teacher run may not exist yet).
+            teacher = open_clip.CLIP(**(teacher_model or ctx.scale.model))
         elif self.cfg["teacher_checkpoint"]:
             self.teacher_checkpoint = Path(self.cfg["teacher_checkpoint"]).expanduser()
             teacher = load_clip(self.teacher_checkpoint, ctx.scale, what="uta.teacher_checkpoint")
         else:           # the finished run named by teacher_run (required, so trained first)
             self.teacher_run = ctx.finished_run(self.cfg["teacher_run"], instead="set uta.teacher_checkpoint to an "
                                                 "open_clip checkpoint file")
-            teacher = load_clip(self.teacher_run.model, ctx.scale, what=f"uta's teacher run {self.teacher_run.path}")
+            teacher = load_clip(self.teacher_run.model, ctx.scale, what=f"uta's teacher run {self.teacher_run.path}",
+                                model=teacher_model)
             self.teacher_metrics = read_json(self.teacher_run.metrics)
+        teacher_width, width = teacher.visual.ln_post.normalized_shape, self.visual.ln_post.normalized_shape
+        if self.cfg["target"] == "features" and teacher_width != width:
+            raise UserError(f"uta.target=features aligns the student's ln_post output with the teacher's, but the "
+                            f"teacher ({self.cfg['teacher_run']}) is {teacher_width[0]} wide and the student "
+                            f"{width[0]}: use target=projected (both in the joint embedding space)")
         # The frozen teacher image tower: targets only, never updated.
         self.teacher = self.frozen_teacher(teacher.visual)
         # The evaluable model = student image tower + the teacher's text tower and temperature, frozen (LiT-style)
         # unless stage 2 tunes them.
         text_state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("visual.")}
-        self.clip.load_state_dict({**self.clip.state_dict(), **text_state}, strict=True)
+        try:
+            self.clip.load_state_dict({**self.clip.state_dict(), **text_state}, strict=True)
+        except RuntimeError as e:
+            raise UserError(f"uta's teacher ({self.cfg['teacher_checkpoint'] or self.cfg['teacher_run']}) has "
+                            "another text tower or embedding width than the scale's model, so its text tower "
+                            f"cannot pair with the student ({str(e).strip().splitlines()[0]}); a teacher may "
+                            "differ from the scale's model in its image tower only") from None
         stage2 = self.cfg["contrastive_finetune_fraction"] > 0
         for name, p in self.clip.named_parameters():
             if not name.startswith("visual."):
