@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmark.data.train_data import load_training_data
-from benchmark.discovery import MethodInfo, build_method, discover
+from benchmark.discovery import MethodInfo, build_method, discover, resolve
 from benchmark.sweep import with_requirements
 from benchmark.runs import RunSpec, execute
 
@@ -24,8 +24,9 @@ def teacher_results(tmp_path_factory):
     root = tmp_path_factory.mktemp("contract-results")
 
     def required(name: str, seed: int) -> Path:
-        info = discover()[name]
-        assert info.ok, f"methods/{name} is broken: {info.error}"
+        """``name``: a method or a variant (``uta@wide_teacher`` requires ``clip@wide``)."""
+        info = resolve([name])[0]
+        assert info.ok, f"methods/{info.base} is broken: {info.error}"
         for req in info.cls.requires(info.config("smoke")):
             for spec in with_requirements([RunSpec(method=req, seed=seed, scale="smoke", results=str(root))]):
                 execute(spec, progress_bar=False)          # a finished run is not trained again
@@ -78,7 +79,7 @@ def test_one_step_gives_finite_losses_and_gradients(name, smoke_scale, data, tea
 @pytest.mark.parametrize("name", VARIANTS)
 def test_every_variant_builds_and_steps(name, smoke_scale, data, teacher_results):
     """A variant's overrides are valid values of its method: it builds and takes a finite step."""
-    method = build(name, 0, smoke_scale, teacher_results(name.split("@")[0], 0))
+    method = build(name, 0, smoke_scale, teacher_results(name, 0))
     torch.manual_seed(0)
     losses = one_step(method, data, smoke_scale)
     assert all(torch.isfinite(v).all() for v in losses.values()), losses
