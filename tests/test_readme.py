@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from conftest import REPO, run_cli
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.slow       # a CLI run and a pytest run in subprocesses
 
 def contract_tests_per_method() -> list[str]:
     """The tests of tests/test_contract.py parametrised over the methods (``METHODS``): each runs once on a new
-    folder (the variant tests run once per declared variant, and the walkthrough's method declares none)."""
+    folder (the variant tests run once per declared variant: the walkthrough's copy keeps CLIP's ``wide``)."""
     tree = ast.parse((REPO / "tests" / "test_contract.py").read_text())
 
     def over_methods(f):
@@ -44,5 +45,7 @@ def test_adding_a_method_as_the_readme_says(tmp_path):
                            env={**os.environ, **env})
     assert tests.returncode == 0, tests.stdout[-3000:]
     passed = re.search(r"\b(\d+) passed\b", tests.stdout)
-    assert passed and int(passed.group(1)) == len(contract_tests_per_method()), tests.stdout[-3000:]
+    variants = yaml.safe_load((methods / "mymethod" / "config.yaml").read_text()).get("variants") or {}
+    assert list(variants) == ["wide"]                     # CLIP's, copied in step 1 (step 3: keep it or delete it)
+    assert passed and int(passed.group(1)) == len(contract_tests_per_method()) + len(variants), tests.stdout[-3000:]
     assert not re.search(r"\b(failed|errors?|skipped)\b", tests.stdout), tests.stdout[-3000:]
