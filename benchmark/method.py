@@ -10,7 +10,8 @@ its paper changes, as in solo-learn's base class:
 - ``encode_image`` / ``encode_text``  normalised embeddings of the full image, for evaluation;
 - ``export()``                         the evaluable open_clip CLIP state dict, teachers and decoders stripped;
 - ``requires(cfg)``                    runs that must finish first (UTA's teacher); ``ctx.finished_run(name)`` hands
-                                       one to the method;
+                                       one to the method, ``ctx.required_models[name]`` its architecture (a
+                                       variant may widen the image tower: ``clip@wide``);
 - ``phases()``                         parts of training whose per-step cost differs (FLIP's unmasked tuning);
 - ``lr_stages()``                      parts of training with their own learning-rate schedule (the same tuning);
 - ``stats()``                          realised mask ratio and other statistics for the log;
