@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -235,6 +236,8 @@ def test_a_method_that_exits_at_import_is_reported_broken_and_hides_nothing(tmp_
     (root / "cli_at_import" / "method.py").write_text(
         "import argparse\nparser = argparse.ArgumentParser()\nparser.add_argument('--lr')\nargs = parser.parse_args()\n")
     monkeypatch.setenv("MASKBENCH_METHODS", str(root))
+    # what the folder's parse_args() sees under `python -m benchmark list` (not pytest's own argv, which may be empty)
+    monkeypatch.setattr(sys, "argv", [str(REPO_ROOT / "benchmark" / "__main__.py"), "list"])
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "cli_at_import  BROKEN:" in out and "exits when imported (SystemExit: 2 (method.py:4)" in out
