@@ -80,8 +80,9 @@ def identity(spec: RunSpec) -> dict:
         ident["scale_set"] = list(spec.scale_source["set"])       # --set scale.KEY=VALUE, as given
     if info.batch_multiplier != 1:                 # a variant's larger batch (FLIP Table 1a)
         ident["batch_multiplier"] = info.batch_multiplier
-    if info.model_scale(scale) is not scale:       # a variant's wider image tower (clip@wide, a teacher for UTA)
-        ident["model"] = info.model_scale(scale).model
+    model_scale = info.model_scale(scale)
+    if model_scale is not scale:                   # a variant's wider image tower (clip@wide, a teacher for UTA)
+        ident["model"] = model_scale.model
     return ident
 
 

@@ -162,6 +162,7 @@ def summary_frame(res: Results) -> pd.DataFrame:
     frame.index.name = "method"
     frame.attrs["tasks"] = infos
     frame.attrs["winners"] = winners
+    frame.attrs["unranked"] = unranked
     return frame
 
 
@@ -309,7 +310,7 @@ def warnings(res: Results, frame: pd.DataFrame) -> list[str]:
         what = "; ".join(sorted({str(body.loc[m, "builds_on"]) for m in extra}))
         out.append(f"{', '.join(f'`{m}`' for m in extra)} build(s) on another run ({what}): its own training is "
                    "matched, its total compute (`total FLOPs`) is larger.")
-    unranked = [m for m in own_budget(res) if m in body.index]
+    unranked = [m for m in frame.attrs.get("unranked", []) if m in body.index]
     if unranked:
         out.append(f"{', '.join(f'`{m}`' for m in unranked)} trained on a budget of its own (a variant's `match`, "
                    f"e.g. a teacher trained on the scale's samples), not on the {match_mode(res)} of the other "
